@@ -1,0 +1,155 @@
+"""The functional API: ``compile``, ``plan``, ``script``, ``trace``, ``trace_module``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .claims import Claim, ClaimKind, Rule
+from .engine import Engine
+from .inputs import as_example_args
+from .ir import Plan
+
+__all__ = ["compile", "plan", "script", "trace", "trace_module"]
+
+
+def plan(
+    module: torch.nn.Module,
+    *,
+    example_inputs: Any = None,
+    inputs: Mapping[str, Any] | None = None,
+    rules: Sequence[Rule] = (),
+    recurse: bool = True,
+    plugins: Iterable[object | str] | None = None,
+) -> Plan:
+    """Resolve every node's claim and validate the plan; compile nothing.
+
+    ``example_inputs`` and ``inputs`` are checked (arity is not: that needs a run)
+    so a later :func:`compile` with the same arguments fails no earlier than here.
+    """
+    engine = Engine(rules=rules, recurse=recurse, plugins=plugins)
+    return engine.plan(module, example_inputs=example_inputs, inputs=inputs)
+
+
+def compile(
+    module: torch.nn.Module,
+    *,
+    example_inputs: Any = None,
+    inputs: Mapping[str, Any] | None = None,
+    rules: Sequence[Rule] = (),
+    in_place: bool = False,
+    recurse: bool = True,
+    n_trace_checks: int = 1,
+    script_options: Mapping[str, Any] | None = None,
+    trace_options: Mapping[str, Any] | None = None,
+    verify: bool = True,
+    on_error: str = "raise",
+    plugins: Iterable[object | str] | None = None,
+) -> torch.nn.Module:
+    """Compile ``module`` piece by piece and return the stitched model.
+
+    Each submodule is compiled by the strategy that claims it (``@compile_mode``,
+    another library's attribute, a plugin's rule, or ``rules=``); unclaimed
+    modules are compiled as part of their nearest compiled ancestor, or stay in
+    Python.  The caller's model is never changed, unless ``in_place=True``, and
+    then only once everything compiled.  For timings, verification figures and
+    the annotated plan use :class:`Engine` and its :class:`CompileResult`.
+
+    :param example_inputs: arguments for the root's ``forward``: run once eagerly
+        to record real inputs for traced submodules, and used to verify the result.
+    :param inputs: tracing inputs by dotted path; they beat every other source.
+    :param rules: :class:`Rule` overrides, first match wins.
+    :param in_place: put compiled children into the caller's modules on success.
+    :param recurse: compile claimed descendants on their own (else only the root).
+    :param n_trace_checks: distinct tracing inputs to check each trace with.
+    :param script_options: keyword arguments for ``torch.jit.script``.
+    :param trace_options: keyword arguments for ``torch.jit.trace_module``.
+    :param verify: compare traced nodes and the whole model with eager.
+    :param on_error: ``"raise"``, or ``"fallback"`` along each strategy's fallbacks.
+    :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
+    """
+    engine = Engine(
+        rules=rules,
+        plugins=plugins,
+        in_place=in_place,
+        recurse=recurse,
+        n_trace_checks=n_trace_checks,
+        script_options=script_options,
+        trace_options=trace_options,
+        verify=verify,
+        on_error=on_error,
+    )
+    return engine.compile(module, example_inputs=example_inputs, inputs=inputs).module
+
+
+def _engine_and_inputs(kw: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
+    call = {key: kw.pop(key) for key in ("example_inputs", "inputs") if key in kw}
+    return Engine(**kw), call
+
+
+def script(module: torch.nn.Module, **kw: Any) -> torch.nn.Module:
+    """Compile ``module`` with its root scripted (``torch.jit.script``), children as claimed.
+
+    Takes the keyword arguments of :func:`compile`.
+    """
+    engine, call = _engine_and_inputs(kw)
+    root = Claim("script", ClaimKind.OVERRIDE, "torchstitch.script()", "root forced by script()")
+    return engine.compile(module, root_strategy=root, **call).module
+
+
+def trace(
+    module: torch.nn.Module,
+    example_inputs: Any = None,
+    check_inputs: Sequence[Any] | None = None,
+    **kw: Any,
+) -> torch.nn.Module:
+    """Compile ``module`` with its root traced on ``example_inputs``, children as claimed.
+
+    Like ``torch.jit.trace``: ``example_inputs`` is the args tuple (or one tensor)
+    for ``forward``, and each of ``check_inputs`` another one to check the trace
+    with.  Without ``example_inputs`` the root's ``_make_tracing_inputs`` (or a
+    plugin) must provide them.  Other keyword arguments are those of :func:`compile`.
+    """
+    args = as_example_args(example_inputs)
+    method_inputs = None if args is None else {"forward": args}
+    checks = [{"forward": as_example_args(c)} for c in (check_inputs or ())]
+    return _trace_root(module, method_inputs, checks, "torchstitch.trace()", kw)
+
+
+def trace_module(
+    module: torch.nn.Module,
+    inputs: Mapping[str, tuple[Any, ...]] | None = None,
+    check_inputs: Sequence[Mapping[str, tuple[Any, ...]]] | None = None,
+    **kw: Any,
+) -> torch.nn.Module:
+    """Like ``torch.jit.trace_module``: ``inputs`` maps method names to args tuples.
+
+    Other keyword arguments are those of :func:`compile` (per-path tracing inputs
+    go in ``path_inputs=`` here, as ``inputs`` is taken).
+    """
+    if "path_inputs" in kw:
+        kw["inputs"] = kw.pop("path_inputs")
+    method_inputs = None if inputs is None else dict(inputs)
+    checks = [dict(c) for c in (check_inputs or ())]
+    return _trace_root(module, method_inputs, checks, "torchstitch.trace_module()", kw)
+
+
+def _trace_root(
+    module: torch.nn.Module,
+    method_inputs: dict[str, tuple[Any, ...]] | None,
+    checks: list[dict[str, tuple[Any, ...]]],
+    claimant: str,
+    kw: dict[str, Any],
+) -> torch.nn.Module:
+    engine, call = _engine_and_inputs(kw)
+    if method_inputs is not None:
+        path_inputs = dict(call.get("inputs") or {})
+        path_inputs[""] = [method_inputs, *checks]
+        call["inputs"] = path_inputs
+        if "forward" in method_inputs and call.get("example_inputs") is None:
+            # also record real inputs for traced descendants, and verify the root on them
+            call["example_inputs"] = method_inputs["forward"]
+    root = Claim("trace", ClaimKind.OVERRIDE, claimant, "root forced by trace()")
+    return engine.compile(module, root_strategy=root, **call).module

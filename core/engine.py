@@ -1,0 +1,672 @@
+"""The engine: plan, record inputs, compile bottom-up into shells, verify, commit.
+
+This is the only code that sets submodules, and it does so only on its own
+shells until the whole tree has compiled; ``in_place=True`` then copies the
+compiled children into the caller's modules in one pass that cannot fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from .claims import Claim, Rule
+from .deprecation import report_torchscript_deprecations
+from .errors import (
+    NodeCompileError,
+    PlanError,
+    PluginError,
+    StitchError,
+    TorchstitchWarning,
+    TracingInputsError,
+    VerificationError,
+    display_path,
+)
+from .inputs import (
+    Recording,
+    as_example_args,
+    check_tracing_inputs,
+    normalize_tracing_inputs,
+    preserved_buffers,
+    record,
+    snapshot,
+)
+from .ir import Attempt, Node, Outcome, Plan
+from .planner import PlannedTree, Planner
+from .plugin_manager import PluginSet
+from .strategy import CompileContext, Strategy, TracingInputs
+from .verify import Tolerance, compare
+
+__all__ = ["CompileOptions", "CompileResult", "Engine"]
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "fallback")
+
+
+def _options_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a dict of keyword arguments, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_on_error(_inst, _attr, value) -> None:
+    if value not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {value!r}")
+
+
+def _check_n_trace_checks(_inst, _attr, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"n_trace_checks must be an int >= 1, got {value!r}")
+
+
+@attrs.frozen
+class CompileOptions:
+    """Everything that shapes one compile call except the model and its inputs."""
+
+    #: override rules, first match wins
+    rules: tuple[Rule, ...] = attrs.field(
+        default=(), converter=lambda r: (r,) if isinstance(r, Rule) else tuple(r)
+    )
+    #: plugin objects to add and ``"no:NAME"`` to block; ``None``: the default plugin manager
+    plugins: tuple[object, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
+    #: swap compiled children into the caller's modules once everything compiled
+    in_place: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: claim descendants too; if false only the root is claimed
+    recurse: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    #: how many distinct tracing inputs to ask providers for (and to record)
+    n_trace_checks: int = attrs.field(default=1, validator=_check_n_trace_checks)
+    #: keyword arguments for each strategy's compile, by strategy name
+    strategy_options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    #: compare traced nodes and the root with eager
+    verify: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    #: ``"raise"`` or ``"fallback"`` (try the strategy's fallbacks, then leave the node to its parent)
+    on_error: str = attrs.field(default="raise", validator=_check_on_error)
+    #: verification tolerance (``None``: by dtype)
+    tolerance: Tolerance = attrs.field(factory=Tolerance)
+
+    def for_strategy(self, name: str) -> Mapping[str, Any]:
+        return self.strategy_options.get(name, {})
+
+
+@attrs.frozen
+class CompileResult:
+    """What :meth:`Engine.compile` returns."""
+
+    #: the compiled, stitched model
+    module: torch.nn.Module = attrs.field(eq=False, repr=False)
+    #: the plan, each compiled node carrying its :class:`~torchstitch.Outcome`
+    plan: Plan
+    #: wall time of the whole call
+    seconds: float
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds spent by each compiled node's strategy, by path."""
+        return {n.path: n.outcome.seconds for n in self.plan.walk() if n.outcome is not None}
+
+    @property
+    def verification(self) -> dict[str, float]:
+        """Largest difference against eager of each verified node (the root included), by path."""
+        return {
+            n.path: n.outcome.max_abs_diff
+            for n in self.plan.walk()
+            if n.outcome is not None and n.outcome.n_verified
+        }
+
+    @property
+    def fallbacks(self) -> dict[str, tuple[Attempt, ...]]:
+        """Nodes where a strategy failed and another was used (``on_error="fallback"``)."""
+        return {
+            n.path: n.outcome.attempts
+            for n in self.plan.walk()
+            if n.outcome is not None and any(a.error_type for a in n.outcome.attempts)
+        }
+
+    def save(self, path: str) -> None:
+        """Save the compiled module with its plan embedded (see :func:`torchstitch.save`)."""
+        from .serialization import save
+
+        save(self.module, path, plan=self.plan)
+
+
+class Engine:
+    """Compiles module trees with fixed options; reusable and safe to share between threads.
+
+    Options are those of :class:`CompileOptions`; ``script_options`` and
+    ``trace_options`` are shorthands for ``strategy_options["script"/"trace"]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        rules: Sequence[Rule] = (),
+        plugins: Iterable[object | str] | None = None,
+        in_place: bool = False,
+        recurse: bool = True,
+        n_trace_checks: int = 1,
+        script_options: Mapping[str, Any] | None = None,
+        trace_options: Mapping[str, Any] | None = None,
+        strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
+        verify: bool = True,
+        on_error: str = "raise",
+        atol: float | None = None,
+        rtol: float | None = None,
+    ) -> None:
+        per_strategy = {k: _options_dict(v) for k, v in _options_dict(strategy_options).items()}
+        if script_options is not None:
+            per_strategy["script"] = _options_dict(script_options)
+        if trace_options is not None:
+            per_strategy["trace"] = _options_dict(trace_options)
+        if isinstance(plugins, (str, bytes)):
+            raise TypeError(f"plugins= must be a list, got the string {plugins!r}")
+        self.options = CompileOptions(
+            rules=rules,
+            plugins=plugins,
+            in_place=in_place,
+            recurse=recurse,
+            n_trace_checks=n_trace_checks,
+            strategy_options=per_strategy,
+            verify=verify,
+            on_error=on_error,
+            tolerance=Tolerance(atol, rtol),
+        )
+
+    def plan(
+        self,
+        module: torch.nn.Module,
+        *,
+        example_inputs: Any = None,
+        inputs: Mapping[str, Any] | None = None,
+        root_strategy: Claim | None = None,
+    ) -> Plan:
+        """Resolve claims and validate the plan without compiling anything."""
+        tree = self._plan(PluginSet.from_plugins(self.options.plugins), module, root_strategy)
+        as_example_args(example_inputs)
+        _caller_inputs(inputs, tree.plan)
+        return tree.plan
+
+    def compile(
+        self,
+        module: torch.nn.Module,
+        *,
+        example_inputs: Any = None,
+        inputs: Mapping[str, Any] | None = None,
+        root_strategy: Claim | None = None,
+    ) -> CompileResult:
+        """Compile ``module``; the caller's model is unchanged unless ``in_place=True``
+        and everything succeeded.
+
+        :param example_inputs: positional arguments for the root's ``forward``:
+            recorded once eagerly to give traced nodes real inputs, and used to
+            verify the whole compiled model.
+        :param inputs: tracing inputs by path (an args tuple, ``{method: args}``
+            or a list of them); they beat every other provider.
+        :param root_strategy: an override claim for the root (``script()``, ``trace()``).
+        """
+        start = time.perf_counter()
+        plugin_set = PluginSet.from_plugins(self.options.plugins)
+        tree = self._plan(plugin_set, module, root_strategy)
+        example_args = as_example_args(example_inputs)
+        caller_inputs = _caller_inputs(inputs, tree.plan)
+        with report_torchscript_deprecations(), preserved_buffers(module):
+            run = _Run(self.options, plugin_set, tree, example_args, caller_inputs)
+            compiled = run.execute()
+        plan = run.annotated_plan()
+        run.warn_fallbacks()
+        return CompileResult(compiled, plan, time.perf_counter() - start)
+
+    def _plan(
+        self, plugin_set: PluginSet, module: torch.nn.Module, root_claim: Claim | None
+    ) -> PlannedTree:
+        planner = Planner(
+            plugin_set, self.options.rules, root_claim=root_claim, recurse=self.options.recurse
+        )
+        return planner.build(module)
+
+
+def _caller_inputs(inputs: Mapping[str, Any] | None, plan: Plan) -> dict[str, TracingInputs]:
+    if inputs is None:
+        return {}
+    if not isinstance(inputs, Mapping):
+        raise TypeError(
+            f"inputs= must be a dict of path -> tracing inputs, got {type(inputs).__name__}"
+        )
+    out = {}
+    for path, value in inputs.items():
+        if path not in plan:
+            known = ", ".join(repr(n.path) for n in plan.walk() if n.path)
+            raise PlanError(
+                f"inputs= names path {path!r}, which is not in the model; paths: {known or '(none)'}",
+                path=path,
+            )
+        out[path] = normalize_tracing_inputs(value, path)
+    return out
+
+
+class _Run:
+    """The mutable state of one compile call (never shared between calls)."""
+
+    def __init__(
+        self,
+        options: CompileOptions,
+        plugins: PluginSet,
+        tree: PlannedTree,
+        example_args: tuple[Any, ...] | None,
+        caller_inputs: dict[str, TracingInputs],
+    ) -> None:
+        self.options = options
+        self.plugins = plugins
+        self.plan = tree.plan
+        self.modules = tree.modules
+        self.example_args = example_args
+        self.caller_inputs = caller_inputs
+        self.recording: Recording | None = None
+        #: id(user module) -> its result (compiled module, shell, or the module itself)
+        self.results: dict[int, torch.nn.Module] = {}
+        #: id(user module) -> (user module, shell)
+        self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.touched = self._touched_modules()
+
+    # -- orchestration -------------------------------------------------------
+
+    def execute(self) -> torch.nn.Module:
+        root = self.modules[""]
+        if self.example_args is not None and (self.options.verify or self._recording_targets()):
+            self.recording = record(
+                root,
+                self.example_args,
+                self._recording_targets(),
+                limit=max(2, self.options.n_trace_checks),
+                modules=self.modules,
+            )
+        result = self._build(self.plan.root)
+        if self.recording is not None and self.options.verify and id(root) in self.touched:
+            self._verify_root(result)
+        if self.options.in_place:
+            self._commit()
+            if result is self.shells.get(id(root), (None, None))[1]:
+                result = root
+        return result
+
+    def _touched_modules(self) -> set[int]:
+        """ids of the modules that need a shell: inside a compiled region (at any of their
+        paths, subtrees of shared modules included), compiled, or above something that is."""
+        plan, modules = self.plan, self.modules
+        in_region: set[int] = set()
+
+        def mark_region(node: Node, inside: bool) -> None:
+            canonical = node if node.shared_with is None else plan[node.shared_with]
+            inside = inside or node.region is not None
+            key = id(modules[canonical.path])
+            if inside:
+                if key in in_region:
+                    return
+                in_region.add(key)
+            for child in canonical.children:
+                mark_region(child, inside)
+
+        # a node compiled by a strategy has region == its own path, so it is marked too
+        for node in plan.walk():
+            if node.region is not None and node.shared_with is not None:
+                mark_region(node, True)
+        mark_region(plan.root, False)
+
+        touched: dict[int, bool] = {}
+
+        def mark_touched(node: Node) -> bool:
+            canonical = node if node.shared_with is None else plan[node.shared_with]
+            key = id(modules[canonical.path])
+            if key in touched:
+                return touched[key]
+            touched[key] = key in in_region  # provisional; cycles are rejected by the planner
+            below = [mark_touched(child) for child in canonical.children]
+            touched[key] = touched[key] or any(below)
+            return touched[key]
+
+        mark_touched(plan.root)
+        return {key for key, value in touched.items() if value}
+
+    def _recording_targets(self) -> dict[str, torch.nn.Module]:
+        targets = {}
+        for node in self.plan.walk():
+            if node.claim is None or node.shared_with is not None:
+                continue
+            names = [node.claim.strategy]
+            if self.options.on_error == "fallback":
+                names += list(self.plugins.strategies[node.claim.strategy].fallbacks)
+            if any(
+                self.plugins.strategies[n].needs_inputs
+                for n in names
+                if n in self.plugins.strategies
+            ):
+                targets[node.path] = self.modules[node.path]
+        return targets
+
+    # -- stitching -----------------------------------------------------------
+
+    def _build(self, node: Node) -> torch.nn.Module:
+        if node.shared_with is not None:
+            node = self.plan[node.shared_with]
+        module = self.modules[node.path]
+        key = id(module)
+        if key in self.results:
+            return self.results[key]
+        if key not in self.touched or isinstance(module, torch.jit.ScriptModule):
+            self.results[key] = module
+            return module
+        shell = _make_shell(module)
+        self.shells[key] = (module, shell)
+        for child in node.children:
+            shell._modules[child.name] = self._build(child)
+        result = shell if node.claim is None else self._compile_node(node, shell)
+        self.results[key] = result
+        return result
+
+    def _commit(self) -> None:
+        """Copy compiled children into the caller's modules (``in_place=True``)."""
+        shell_of = {key: shell for key, (_, shell) in self.shells.items()}
+        for original, shell in self.shells.values():
+            for name, child in shell._modules.items():
+                current = original._modules.get(name)
+                if child is current or (current is not None and shell_of.get(id(current)) is child):
+                    continue
+                original._modules[name] = child
+
+    # -- one node ------------------------------------------------------------
+
+    def _compile_node(self, node: Node, shell: torch.nn.Module) -> torch.nn.Module:
+        assert node.claim is not None
+        chain = [node.claim.strategy]
+        if self.options.on_error == "fallback":
+            chain += [
+                name
+                for name in self.plugins.strategies[node.claim.strategy].fallbacks
+                if name in self.plugins.strategies and name not in chain
+            ]
+        attempts: list[Attempt] = []
+        errors: list[StitchError] = []
+        for name in chain:
+            strategy = self.plugins.strategies[name]
+            start = time.perf_counter()
+            try:
+                compiled, outcome = self._attempt(node, shell, strategy)
+            except (NodeCompileError, TracingInputsError, VerificationError) as exc:
+                attempts.append(
+                    Attempt(
+                        name,
+                        type(exc).__name__,
+                        exc.message.splitlines()[0],
+                        time.perf_counter() - start,
+                    )
+                )
+                if self.options.on_error == "raise":
+                    raise
+                errors.append(exc)
+                continue
+            attempts.append(Attempt(name, seconds=outcome.seconds))
+            outcome = attrs.evolve(outcome, attempts=tuple(attempts))
+            self.outcomes[node.path] = outcome
+            self._notify(node, compiled, outcome)
+            return compiled
+        # every strategy failed under on_error="fallback"
+        tried = "; ".join(f"{a.strategy}: {a.error_type}: {a.error}" for a in attempts)
+        if node.path == "":
+            raise NodeCompileError(
+                f"every strategy failed ({tried})",
+                path=node.path,
+                strategy=node.claim.strategy,
+                claimant=node.claim.claimant,
+            ) from errors[-1]
+        log.info(
+            "%s: every strategy failed (%s); left to its parent", display_path(node.path), tried
+        )
+        self.outcomes[node.path] = Outcome(attempts=tuple(attempts))
+        return shell
+
+    def _attempt(
+        self, node: Node, shell: torch.nn.Module, strategy: Strategy
+    ) -> tuple[torch.nn.Module, Outcome]:
+        claimant = None if node.claim is None else node.claim.claimant
+        module = self.plugins.call_chain(
+            "torchstitch_prepare", shell, "module", torch.nn.Module, node=node, strategy=strategy
+        )
+        inputs: TracingInputs = []
+        source = None
+        if strategy.needs_inputs:
+            inputs, source = self._tracing_inputs(node, module, strategy)
+        context = self._context(node, strategy, inputs, source)
+        start = time.perf_counter()
+        try:
+            compiled = strategy.compile(module, context)
+        except StitchError:
+            raise
+        except Exception as exc:
+            raise NodeCompileError(
+                f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {_first_line(exc)}",
+                path=node.path,
+                strategy=strategy.name,
+                claimant=claimant,
+            ) from exc
+        seconds = time.perf_counter() - start
+        if not isinstance(compiled, torch.nn.Module):
+            raise PluginError(
+                f"strategy {strategy.name!r} returned {type(compiled).__name__}, not a torch.nn.Module",
+                plugin=self.plugins.providers[strategy.name],
+                hook="Strategy.compile",
+                path=node.path,
+                strategy=strategy.name,
+                claimant=claimant,
+            )
+        n_verified, max_diff = 0, None
+        if strategy.verify and self.options.verify and inputs:
+            n_verified, max_diff = self._verify_node(node, strategy, compiled, inputs, source)
+        log.debug(
+            "%s: %s in %.1f ms (inputs: %s)",
+            display_path(node.path),
+            strategy.name,
+            seconds * 1e3,
+            source,
+        )
+        return compiled, Outcome(
+            seconds=seconds, inputs_source=source, n_verified=n_verified, max_abs_diff=max_diff
+        )
+
+    def _context(
+        self, node: Node, strategy: Strategy | None, inputs: TracingInputs, source: str | None
+    ) -> CompileContext:
+        return CompileContext(
+            node=node,
+            options=self.options.for_strategy(strategy.name) if strategy else {},
+            inputs=inputs,
+            inputs_source=source,
+            example_inputs=self.example_args,
+            caller_inputs=self.caller_inputs,
+            recorded_inputs={} if self.recording is None else self.recording.inputs,
+            n_trace_checks=self.options.n_trace_checks,
+        )
+
+    def _tracing_inputs(
+        self, node: Node, module: torch.nn.Module, strategy: Strategy
+    ) -> tuple[TracingInputs, str]:
+        asked, provider, inputs = self.plugins.call_first(
+            "torchstitch_tracing_inputs",
+            module=module,
+            node=node,
+            n=self.options.n_trace_checks,
+            context=self._context(node, None, [], None),
+        )
+        claimant = None if node.claim is None else node.claim.claimant
+        if provider is None:
+            if self.example_args is None:
+                recorded = "no example_inputs were given to record from"
+            else:
+                recorded = "the eager run on example_inputs never called it"
+            raise TracingInputsError(
+                f"{node.type_name} needs tracing inputs for {strategy.name!r} and no provider had "
+                f"any (asked, in order: {', '.join(asked)}; {recorded}). Pass example_inputs= "
+                f"for the whole model, inputs={{{node.path!r}: (args...)}}, or define "
+                f"_make_tracing_inputs(n) on {node.type_name.rpartition('.')[2]}",
+                path=node.path,
+                strategy=strategy.name,
+                claimant=claimant,
+            )
+        try:
+            inputs = check_tracing_inputs(module, inputs, path=node.path, provider=provider)
+        except TracingInputsError as exc:
+            raise TracingInputsError(
+                exc.message, path=node.path, strategy=strategy.name, claimant=claimant
+            ) from None
+        return inputs, provider
+
+    # -- verification --------------------------------------------------------
+
+    def _verify_node(
+        self,
+        node: Node,
+        strategy: Strategy,
+        compiled: torch.nn.Module,
+        inputs: TracingInputs,
+        source: str | None,
+    ) -> tuple[int, float]:
+        original = self.modules[node.path]
+        recorded = None
+        if self.recording is not None and inputs is self.recording.inputs.get(node.path):
+            recorded = self.recording.outputs[node.path]
+        largest = 0.0
+        count = 0
+        for i, call in enumerate(inputs):
+            for method, args in call.items():
+                if recorded is not None:
+                    expected = recorded[i]
+                else:
+                    expected = self._run(node, strategy, getattr(original, method), args, "eager")
+                actual = self._run(node, strategy, getattr(compiled, method), args, "compiled")
+                diff, mismatch = compare(expected, actual, self.options.tolerance)
+                largest = max(largest, diff)
+                count += 1
+                if mismatch is not None:
+                    raise VerificationError(
+                        f"{strategy.name} of {node.type_name} differs from eager on tracing input "
+                        f"{i} ({method}, from {source}) at {mismatch.where}: {mismatch.detail}"
+                        + (
+                            ". A traced data-dependent branch is the usual cause: claim the "
+                            "module 'script' instead"
+                            if i > 0
+                            else ""
+                        ),
+                        max_abs_diff=mismatch.max_abs_diff,
+                        path=node.path,
+                        strategy=strategy.name,
+                        claimant=None if node.claim is None else node.claim.claimant,
+                    )
+        return count, largest
+
+    def _run(self, node: Node, strategy: Strategy, fn, args: tuple, which: str) -> Any:
+        try:
+            return fn(*snapshot(args))
+        except Exception as exc:
+            raise VerificationError(
+                f"running the {which} module on its tracing inputs raised "
+                f"{type(exc).__name__}: {_first_line(exc)}",
+                path=node.path,
+                strategy=strategy.name,
+                claimant=None if node.claim is None else node.claim.claimant,
+            ) from exc
+
+    def _verify_root(self, compiled: torch.nn.Module) -> None:
+        assert self.recording is not None and self.example_args is not None
+        root = self.plan.root
+        claim = root.claim
+        try:
+            actual = compiled(*snapshot(self.example_args))
+        except Exception as exc:
+            raise VerificationError(
+                f"the compiled model raised {type(exc).__name__} on example_inputs: {_first_line(exc)}",
+                path="",
+                strategy=None if claim is None else claim.strategy,
+                claimant=None if claim is None else claim.claimant,
+            ) from exc
+        diff, mismatch = compare(self.recording.root_output, actual, self.options.tolerance)
+        if mismatch is not None:
+            raise VerificationError(
+                f"the compiled model differs from eager on example_inputs at {mismatch.where}: "
+                f"{mismatch.detail}",
+                max_abs_diff=mismatch.max_abs_diff,
+                path="",
+                strategy=None if claim is None else claim.strategy,
+                claimant=None if claim is None else claim.claimant,
+            )
+        previous = self.outcomes.get("", Outcome())
+        self.outcomes[""] = attrs.evolve(
+            previous,
+            n_verified=previous.n_verified + 1,
+            max_abs_diff=max(diff, previous.max_abs_diff or 0.0),
+        )
+
+    # -- reporting -----------------------------------------------------------
+
+    def _notify(self, node: Node, compiled: torch.nn.Module, outcome: Outcome) -> None:
+        self.plugins.call_all(
+            "torchstitch_node_compiled",
+            node=attrs.evolve(node, outcome=outcome),
+            original=self.modules[node.path],
+            compiled=compiled,
+            seconds=outcome.seconds,
+        )
+
+    def annotated_plan(self) -> Plan:
+        update = {
+            path: attrs.evolve(self.plan[path], outcome=outcome)
+            for path, outcome in self.outcomes.items()
+        }
+        return self.plan.map_nodes(update) if update else self.plan
+
+    def warn_fallbacks(self) -> None:
+        fell = [
+            f"{display_path(p)} ({' -> '.join(a.strategy for a in o.attempts)}"
+            + (", left to its parent" if all(a.error_type for a in o.attempts) else "")
+            + ")"
+            for p, o in self.outcomes.items()
+            if any(a.error_type for a in o.attempts)
+        ]
+        if fell:
+            warnings.warn(
+                f"{len(fell)} node(s) fell back after their strategy failed: {'; '.join(fell)}. "
+                "See CompileResult.fallbacks or the plan for the errors.",
+                TorchstitchWarning,
+                stacklevel=3,
+            )
+
+
+def _make_shell(module: torch.nn.Module) -> torch.nn.Module:
+    """A new object of the module's class sharing its tensors, with its own containers.
+
+    Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and
+    may duplicate weights.  Strategies may set attributes on the shell (as
+    ``torch.jit.script`` sets ``__overloads__``) without touching the original.
+    """
+    shell = object.__new__(type(module))
+    state = shell.__dict__
+    state.update(module.__dict__)
+    state["_modules"] = dict(module._modules)
+    state["_parameters"] = dict(module._parameters)
+    state["_buffers"] = dict(module._buffers)
+    state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
+    return shell
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -1,0 +1,164 @@
+"""Error and warning classes: every error says where (node path), how (strategy) and who (claimant)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "StitchError",
+    "UnknownStrategyError",
+    "AmbiguousClaimError",
+    "PlanError",
+    "UnsupportedModuleError",
+    "TracingInputsError",
+    "NodeCompileError",
+    "VerificationError",
+    "PluginError",
+    "ArtifactError",
+    "TorchstitchWarning",
+    "TorchScriptDeprecationWarning",
+    "display_path",
+]
+
+
+def display_path(path: str) -> str:
+    """How a node path appears in messages: the root's empty path reads ``<root>``."""
+    return path if path else "<root>"
+
+
+class StitchError(Exception):
+    """Base class of every error torchstitch raises on purpose.
+
+    :param message: what went wrong, in one or a few sentences.
+    :param path: dotted path of the node at fault (``""`` is the root), if any.
+    :param strategy: the strategy that was compiling (or would have compiled) the node.
+    :param claimant: who claimed the node for that strategy.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        strategy: str | None = None,
+        claimant: str | None = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.strategy = strategy
+        self.claimant = claimant
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(f"at {display_path(self.path)!r}")
+        if self.strategy is not None:
+            where.append(f"strategy {self.strategy!r}")
+        if self.claimant is not None:
+            where.append(f"claimed by {self.claimant}")
+        if not where:
+            return self.message
+        return f"[{', '.join(where)}] {self.message}"
+
+    def __reduce__(self):  # keep errors picklable (multiprocessing, pytest-xdist)
+        return _rebuild_error, (type(self), self.message, self.path, self.strategy, self.claimant)
+
+
+def _rebuild_error(cls, message, path, strategy, claimant):
+    return cls(message, path=path, strategy=strategy, claimant=claimant)
+
+
+class UnknownStrategyError(StitchError, ValueError):
+    """A claim or rule names a strategy that no registered plugin provides."""
+
+
+class AmbiguousClaimError(StitchError):
+    """Two claims of the same kind name different strategies for one node."""
+
+
+class PlanError(StitchError, ValueError):
+    """The plan is invalid: incompatible strategies in one region, a bad rule, bad options."""
+
+
+class UnsupportedModuleError(PlanError, NotImplementedError):
+    """A module claimed ``unsupported`` sits inside a compiled region.
+
+    It is also a :class:`NotImplementedError`, which is what ``e3nn.util.jit`` raises.
+    """
+
+
+class TracingInputsError(StitchError):
+    """A node needs tracing inputs and no provider could give any, or they were malformed."""
+
+
+class NodeCompileError(StitchError):
+    """A strategy failed on a node; the original exception is chained as ``__cause__``."""
+
+
+class VerificationError(StitchError):
+    """A compiled node's outputs differ from the eager module's on the same inputs.
+
+    :ivar max_abs_diff: the largest absolute difference found (``nan`` when shapes
+        or structure differ, or when NaN appeared on one side only).
+    """
+
+    def __init__(self, message: str, *, max_abs_diff: float = float("nan"), **kw) -> None:
+        self.max_abs_diff = max_abs_diff
+        super().__init__(message, **kw)
+
+    def __reduce__(self):
+        return _rebuild_verification_error, (
+            self.message,
+            self.max_abs_diff,
+            self.path,
+            self.strategy,
+            self.claimant,
+        )
+
+
+def _rebuild_verification_error(message, max_abs_diff, path, strategy, claimant):
+    return VerificationError(
+        message, max_abs_diff=max_abs_diff, path=path, strategy=strategy, claimant=claimant
+    )
+
+
+class PluginError(StitchError):
+    """A plugin's hook raised, or returned a value of the wrong type.
+
+    :ivar plugin: the registered name of the plugin at fault.
+    :ivar hook: the hook's name.
+    """
+
+    def __init__(self, message: str, *, plugin: str, hook: str, **kw) -> None:
+        self.plugin = plugin
+        self.hook = hook
+        super().__init__(f"Plugin {plugin!r} for hook {hook!r}: {message}", **kw)
+        # _format() ran with the prefixed message; keep the bare one for pickling
+        self.message = message
+
+    def __reduce__(self):
+        return _rebuild_plugin_error, (
+            self.message,
+            self.plugin,
+            self.hook,
+            self.path,
+            self.strategy,
+            self.claimant,
+        )
+
+
+def _rebuild_plugin_error(message, plugin, hook, path, strategy, claimant):
+    return PluginError(
+        message, plugin=plugin, hook=hook, path=path, strategy=strategy, claimant=claimant
+    )
+
+
+class ArtifactError(StitchError):
+    """A compiled model cannot be saved in the asked format, or a file is not a torchstitch artifact."""
+
+
+class TorchstitchWarning(UserWarning):
+    """Base class of torchstitch's warnings; filter on it to silence them all."""
+
+
+class TorchScriptDeprecationWarning(TorchstitchWarning):
+    """torch deprecated ``torch.jit.script``/``trace``; torchstitch reports it once per compile call."""

@@ -1,0 +1,256 @@
+"""Tracing inputs: normalising what callers give, and recording what an eager run sees."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import torch
+
+from .errors import TracingInputsError
+from .strategy import TracingInputs
+
+__all__ = [
+    "as_example_args",
+    "normalize_tracing_inputs",
+    "check_tracing_inputs",
+    "Recording",
+    "record",
+    "preserved_buffers",
+    "snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of ``value`` whose tensors are detached clones (containers rebuilt, rest shared)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple):
+        items = [snapshot(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        return [snapshot(v) for v in value]
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    return value
+
+
+def same_inputs(a: Any, b: Any) -> bool:
+    """Structural equality with ``torch.equal`` on tensors (same shape, dtype and values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.device == b.device
+            and torch.equal(a, b)
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(same_inputs(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_inputs(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def as_example_args(example_inputs: Any) -> tuple[Any, ...] | None:
+    """The caller's ``example_inputs`` as positional arguments of the root's ``forward``."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(
+        "example_inputs must be a tuple of positional arguments for the root's forward "
+        f"(or a single tensor), got {type(example_inputs).__name__}"
+    )
+
+
+def normalize_tracing_inputs(value: Any, path: str) -> TracingInputs:
+    """Accept ``args``, ``{method: args}`` or a list of either; return ``[{method: args}, ...]``."""
+    if isinstance(value, (torch.Tensor, tuple, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise TracingInputsError(
+            "inputs= values must be an args tuple, a {method: args} dict or a list of them, "
+            f"got {type(value).__name__}",
+            path=path,
+        )
+    out: TracingInputs = []
+    for item in value:
+        if isinstance(item, torch.Tensor):
+            item = (item,)
+        if isinstance(item, tuple):
+            item = {"forward": item}
+        out.append(item)
+    return out
+
+
+def check_tracing_inputs(
+    module: torch.nn.Module, inputs: Any, *, path: str, provider: str
+) -> TracingInputs:
+    """Validate a provider's answer: a non-empty list of ``{method_name: args_tuple}`` dicts."""
+
+    def fail(problem: str) -> TracingInputsError:
+        return TracingInputsError(
+            f"tracing inputs from {provider!r} are malformed: {problem}; expected a non-empty "
+            "list of {method_name: args_tuple} dicts",
+            path=path,
+        )
+
+    if not isinstance(inputs, list):
+        raise fail(f"got a {type(inputs).__name__}, not a list")
+    if not inputs:
+        raise fail("got an empty list")
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict) or not item:
+            raise fail(f"item {i} is {type(item).__name__}, not a non-empty dict")
+        for method, args in item.items():
+            if not isinstance(method, str):
+                raise fail(f"item {i} has a non-string key {method!r}")
+            if not isinstance(args, tuple):
+                raise fail(f"item {i}[{method!r}] is a {type(args).__name__}, not a tuple")
+            if not callable(getattr(type(module), method, None)):
+                raise fail(f"item {i} names method {method!r}, which {type(module).__name__} lacks")
+    return inputs
+
+
+def bind_positional(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    """``args`` with ``kwargs`` folded in by ``forward``'s signature; ``None`` if impossible."""
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    return None if bound.kwargs else tuple(bound.args)
+
+
+@attrs.frozen
+class Recording:
+    """What one eager run of the root on ``example_inputs`` saw."""
+
+    #: the root's output (a snapshot)
+    root_output: Any = attrs.field(eq=False, repr=False)
+    #: path -> distinct calls seen, as tracing inputs (``{"forward": args}``)
+    inputs: dict[str, TracingInputs] = attrs.field(eq=False, repr=False)
+    #: path -> the eager outputs matching ``inputs`` one for one
+    outputs: dict[str, list[Any]] = attrs.field(eq=False, repr=False)
+
+
+def record(
+    root: torch.nn.Module,
+    args: tuple[Any, ...],
+    targets: Mapping[str, torch.nn.Module],
+    *,
+    limit: int,
+    modules: Mapping[str, torch.nn.Module],
+) -> Recording:
+    """Run ``root(*args)`` once, recording up to ``limit`` distinct calls of each target.
+
+    Hooks are attached to the target modules for the duration of the run and
+    removed in ``finally``.  If the run raises, the error names the deepest
+    module whose ``forward`` was running.
+    """
+    try:
+        inspect.signature(root.forward).bind(*args)
+    except TypeError as exc:
+        raise TracingInputsError(
+            f"example_inputs ({len(args)} positional argument(s)) do not fit "
+            f"{type(root).__name__}.forward{inspect.signature(root.forward)}: {exc}",
+            path="",
+        ) from exc
+
+    inputs: dict[str, TracingInputs] = {}
+    outputs: dict[str, list[Any]] = {}
+    pending: dict[int, list[tuple | None]] = {}
+    handles = []
+
+    def pre_hook(path: str):
+        def hook(module, args, kwargs):
+            positional = bind_positional(module, args, kwargs)
+            seen = inputs.get(path, [])
+            if (
+                positional is None
+                or len(seen) >= limit
+                or any(same_inputs(s["forward"], positional) for s in seen)
+            ):
+                pending.setdefault(id(module), []).append(None)
+            else:
+                pending.setdefault(id(module), []).append(snapshot(positional))
+
+        return hook
+
+    def post_hook(path: str):
+        def hook(module, args, kwargs, output):
+            call = pending[id(module)].pop()
+            if call is not None:
+                inputs.setdefault(path, []).append({"forward": call})
+                outputs.setdefault(path, []).append(snapshot(output))
+
+        return hook
+
+    seen_ids: set[int] = set()
+    try:
+        for path, module in targets.items():
+            if id(module) in seen_ids:
+                continue  # a shared module records once, under its first path
+            seen_ids.add(id(module))
+            handles.append(module.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
+            handles.append(module.register_forward_hook(post_hook(path), with_kwargs=True))
+        try:
+            root_output = root(*args)
+        except Exception as exc:
+            where = _deepest_module_in_traceback(exc, modules)
+            raise TracingInputsError(
+                f"the eager run on example_inputs raised {type(exc).__name__}: {_first_line(exc)}",
+                path=where,
+            ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Recording(snapshot(root_output), inputs, outputs)
+
+
+def _deepest_module_in_traceback(exc: BaseException, modules: Mapping[str, torch.nn.Module]) -> str:
+    by_id = {}
+    for path, module in modules.items():
+        by_id.setdefault(id(module), path)
+    deepest = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in by_id:
+            deepest = by_id[id(owner)]
+        tb = tb.tb_next
+    return deepest
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+@contextmanager
+def preserved_buffers(root: torch.nn.Module) -> Iterator[None]:
+    """Restore every buffer's values on exit: eager runs in training mode update running
+    statistics (BatchNorm) of the caller's model, and compiled children share those tensors."""
+    saved = [(b, b.detach().clone()) for b in root.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                if buffer.shape == value.shape:
+                    buffer.copy_(value)

@@ -1,0 +1,287 @@
+"""The IR: an immutable tree of nodes, one per module path, with claims and outcomes.
+
+The plan holds no tensors and no modules, so it can be printed, compared,
+serialised to JSON and embedded in an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from .claims import Claim, ClaimKind
+from .errors import display_path
+
+__all__ = ["Attempt", "Node", "Outcome", "Plan"]
+
+PLAN_FORMAT_VERSION = 1
+
+
+def _float_or_none(value: float | None) -> float | str | None:
+    # JSON has no NaN/inf; keep them readable and round-trippable
+    if value is None or math.isfinite(value):
+        return value
+    return repr(value)
+
+
+def _parse_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@attrs.frozen
+class Attempt:
+    """One try of one strategy on a node (several under ``on_error="fallback"``)."""
+
+    #: strategy tried
+    strategy: str
+    #: ``None`` on success, else the exception type's name
+    error_type: str | None = None
+    #: first line of the error message
+    error: str | None = None
+    #: wall time of the try
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "error_type": self.error_type,
+            "error": self.error,
+            "seconds": self.seconds,
+        }
+
+
+@attrs.frozen
+class Outcome:
+    """What happened to a node during compilation (absent on a plan that was not compiled)."""
+
+    #: wall time spent by the node's strategy (children excluded)
+    seconds: float = 0.0
+    #: the provider (plugin name) of the node's tracing inputs, if it needed any
+    inputs_source: str | None = None
+    #: how many distinct inputs the node was verified on (0: not verified)
+    n_verified: int = 0
+    #: largest absolute difference against eager found by verification
+    max_abs_diff: float | None = None
+    #: every strategy tried, in order; the last is the one that counts
+    attempts: tuple[Attempt, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "inputs_source": self.inputs_source,
+            "n_verified": self.n_verified,
+            "max_abs_diff": _float_or_none(self.max_abs_diff),
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        return cls(
+            seconds=data["seconds"],
+            inputs_source=data["inputs_source"],
+            n_verified=data["n_verified"],
+            max_abs_diff=_parse_float(data["max_abs_diff"]),
+            attempts=tuple(Attempt(**a) for a in data["attempts"]),
+        )
+
+
+@attrs.frozen
+class Node:
+    """One module of the tree, at one path."""
+
+    #: dotted path from the root; ``""`` is the root
+    path: str
+    #: qualified name of the module's class
+    type_name: str
+    #: child nodes, in ``named_children()`` order
+    children: tuple[Node, ...] = ()
+    #: the claim that decides the node's strategy; ``None``: the node inherits
+    claim: Claim | None = None
+    #: every claim offered for the node, strongest first (for explanations)
+    offers: tuple[Claim, ...] = ()
+    #: path of the node whose strategy compiles this one (itself if claimed by a
+    #: compiling strategy); ``None``: it stays in Python
+    region: str | None = None
+    #: for a module instance reachable by several paths: the first path it was found at
+    shared_with: str | None = None
+    #: filled in by compilation
+    outcome: Outcome | None = None
+
+    @property
+    def name(self) -> str:
+        """Last component of the path (``""`` for the root)."""
+        return self.path.rpartition(".")[2]
+
+    @property
+    def strategy(self) -> str | None:
+        """The claimed strategy, or ``None`` when the node inherits."""
+        return None if self.claim is None else self.claim.strategy
+
+    @property
+    def claim_kind(self) -> ClaimKind:
+        return ClaimKind.DEFAULT if self.claim is None else self.claim.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type_name,
+            "claim": None if self.claim is None else self.claim.to_dict(),
+            "offers": [c.to_dict() for c in self.offers],
+            "region": self.region,
+            "shared_with": self.shared_with,
+            "outcome": None if self.outcome is None else self.outcome.to_dict(),
+            "children": [c.to_dict() for c in self.children],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Node:
+        def claim(d: Mapping[str, str] | None) -> Claim | None:
+            return None if d is None else Claim(**d)
+
+        return cls(
+            path=data["path"],
+            type_name=data["type"],
+            children=tuple(cls.from_dict(c) for c in data["children"]),
+            claim=claim(data["claim"]),
+            offers=tuple(Claim(**c) for c in data["offers"]),
+            region=data["region"],
+            shared_with=data["shared_with"],
+            outcome=None if data["outcome"] is None else Outcome.from_dict(data["outcome"]),
+        )
+
+    def describe(self) -> str:
+        """One line: strategy, claim kind, claimant and reason, or how it inherits."""
+        if self.shared_with is not None:
+            return f"same module as {display_path(self.shared_with)}"
+        if self.claim is None:
+            where = "python" if self.region is None else f"inside {display_path(self.region)}"
+            return f"inherit ({where})"
+        text = f"{self.claim.strategy} · {self.claim.kind} by {self.claim.claimant}"
+        if self.claim.reason:
+            text += f" ({self.claim.reason})"
+        return text
+
+
+@attrs.frozen(eq=False)
+class Plan:
+    """The compilation plan of a module tree: read-only, deterministic, queryable.
+
+    ``plan["layers.0"]`` looks a node up by path (``""`` is the root);
+    :meth:`walk` visits nodes parents first, in module order.
+    """
+
+    #: the root node
+    root: Node
+    _index: dict[str, Node] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_index", {n.path: n for n in _preorder(self.root)})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __getitem__(self, path: str) -> Node:
+        try:
+            return self._index[path]
+        except KeyError:
+            raise KeyError(f"no node at path {path!r} in this plan") from None
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[Node]:
+        return self.walk()
+
+    def walk(self) -> Iterator[Node]:
+        """Every node, parents before children, children in module order."""
+        return iter(self._index.values())
+
+    def post_order(self) -> Iterator[Node]:
+        """Every node, children before parents: the order of compilation."""
+        return _postorder(self.root)
+
+    def map_nodes(self, update: Mapping[str, Node]) -> Plan:
+        """A new plan with the nodes at the given paths replaced (children kept from ``update``)."""
+        return Plan(_rebuild(self.root, update))
+
+    # -- output --------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """Deterministic JSON: the same model and options give byte-identical text."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        if data.get("torchstitch_plan") != PLAN_FORMAT_VERSION:
+            raise ValueError(f"not a torchstitch plan (version {PLAN_FORMAT_VERSION}) JSON")
+        return cls(Node.from_dict(data["root"]))
+
+    def render(self) -> str:
+        """A text tree, one line per node: name, type, strategy, claim and outcome."""
+        lines: list[str] = []
+
+        def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
+            label = "<root>" if top else node.name
+            branch = "" if top else ("└── " if last else "├── ")
+            line = f"{prefix}{branch}{label} ({node.type_name}): {node.describe()}"
+            if node.outcome is not None:
+                line += f" — {_describe_outcome(node.outcome)}"
+            lines.append(line)
+            child_prefix = prefix if top else prefix + ("    " if last else "│   ")
+            for i, child in enumerate(node.children):
+                visit(child, child_prefix, i == len(node.children) - 1, False)
+
+        visit(self.root, "", True, True)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _describe_outcome(outcome: Outcome) -> str:
+    parts = [f"{outcome.seconds * 1e3:.1f} ms"]
+    if outcome.inputs_source is not None:
+        parts.append(f"inputs: {outcome.inputs_source}")
+    if outcome.n_verified:
+        parts.append(f"verified on {outcome.n_verified}, max|Δ| {outcome.max_abs_diff:.2e}")
+    failed = [a for a in outcome.attempts if a.error_type is not None]
+    if failed:
+        tried = ", ".join(f"{a.strategy} failed ({a.error_type})" for a in failed)
+        parts.append(f"fell back: {tried}")
+    return ", ".join(parts)
+
+
+def _preorder(node: Node) -> Iterator[Node]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children))
+
+
+def _postorder(node: Node) -> Iterator[Node]:
+    for child in node.children:
+        yield from _postorder(child)
+    yield node
+
+
+def _rebuild(node: Node, update: Mapping[str, Node]) -> Node:
+    replaced = update.get(node.path, node)
+    children = tuple(_rebuild(c, update) for c in replaced.children)
+    if all(a is b for a, b in zip(children, replaced.children)):
+        return replaced
+    return attrs.evolve(replaced, children=children)

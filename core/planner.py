@@ -1,0 +1,272 @@
+"""Planning: one walk over the module tree that resolves claims and validates regions.
+
+Nothing is compiled, and the user's module is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+import attrs
+import torch
+
+from .claims import Claim, ClaimKind, Rule
+from .errors import (
+    AmbiguousClaimError,
+    PlanError,
+    PluginError,
+    TorchstitchWarning,
+    UnknownStrategyError,
+    display_path,
+)
+from .ir import Node, Plan
+from .plugin_manager import PluginSet
+from .strategy import Strategy
+
+__all__ = ["Planner", "PlannedTree"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class PlannedTree:
+    """A plan with the live modules it was made from (kept out of the plan itself)."""
+
+    plan: Plan
+    #: path -> the user's module at that path (aliases of shared modules included)
+    modules: dict[str, torch.nn.Module] = attrs.field(eq=False, repr=False)
+
+
+def check_rules(rules: Sequence[Rule], plugin_set: PluginSet) -> tuple[Rule, ...]:
+    """Validate the caller's rules before the walk: types and strategy names."""
+    if isinstance(rules, Rule):
+        rules = (rules,)
+    checked = tuple(rules)
+    for i, rule in enumerate(checked):
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rules[{i}] must be a torchstitch.Rule, got {rule!r}")
+        if rule.strategy is not None and rule.strategy not in plugin_set.strategies:
+            raise UnknownStrategyError(
+                f"rules[{i}] {rule.describe()} names unknown strategy {rule.strategy!r}; "
+                f"known strategies: {_known(plugin_set)}"
+            )
+    return checked
+
+
+def _known(plugin_set: PluginSet) -> str:
+    return ", ".join(repr(n) for n in sorted(plugin_set.strategies))
+
+
+class Planner:
+    """Builds a :class:`Plan` for one call.
+
+    :param plugin_set: the call's plugins.
+    :param rules: the caller's override rules, first match wins.
+    :param root_claim: an override for the root (``script()`` / ``trace()``).
+    :param recurse: if false, only the root is claimed; everything below inherits.
+    """
+
+    def __init__(
+        self,
+        plugin_set: PluginSet,
+        rules: Sequence[Rule] = (),
+        *,
+        root_claim: Claim | None = None,
+        recurse: bool = True,
+    ) -> None:
+        self.plugins = plugin_set
+        self.rules = check_rules(rules, plugin_set)
+        self.root_claim = root_claim
+        self.recurse = recurse
+        self._type_names: dict[type, str] = {}
+        self._rule_hits = [0] * len(self.rules)
+
+    def build(self, module: torch.nn.Module) -> PlannedTree:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                f"expected a torch.nn.Module to compile, got {type(module).__module__}."
+                f"{type(module).__qualname__}"
+            )
+        modules: dict[str, torch.nn.Module] = {}
+        first_path: dict[int, str] = {}
+        claims_at: dict[int, Claim | None] = {}
+        root = self._visit(module, "", None, modules, first_path, claims_at)
+        for hits, rule in zip(self._rule_hits, self.rules):
+            if not hits:
+                warnings.warn(
+                    f"{rule.describe()} matched no module in {self._type_name(type(module))}",
+                    TorchstitchWarning,
+                    stacklevel=4,
+                )
+        return PlannedTree(Plan(root), modules)
+
+    # -- the walk ----------------------------------------------------------
+
+    def _visit(
+        self,
+        module: torch.nn.Module,
+        path: str,
+        region: tuple[str, Strategy] | None,
+        modules: dict[str, torch.nn.Module],
+        first_path: dict[int, str],
+        claims_at: dict[int, Claim | None],
+    ) -> Node:
+        modules[path] = module
+        offers, claim = self._resolve(module, path)
+        strategy = None if claim is None else self.plugins.strategies[claim.strategy]
+        if strategy is not None and region is not None:
+            self._check_containment(module, path, claim, strategy, region)
+
+        if strategy is None:
+            node_region = region
+        elif strategy.compiles:
+            node_region = (path, strategy)
+        else:
+            node_region = None  # stays in Python; its children may be compiled on their own
+
+        shared = first_path.get(id(module))
+        if shared is not None and (shared == "" or path.startswith(shared + ".")):
+            raise PlanError(
+                f"module {self._type_name(type(module))} contains itself (it is also its "
+                f"ancestor at {display_path(shared)}); a module tree must not have cycles",
+                path=path,
+            )
+        if shared is not None:
+            canonical = claims_at[id(module)]
+            if (canonical is None) != (claim is None) or (
+                claim is not None and canonical is not None and claim.strategy != canonical.strategy
+            ):
+                raise PlanError(
+                    f"module {self._type_name(type(module))} is shared by paths "
+                    f"{display_path(shared)} ({_strategy_text(canonical)}) and "
+                    f"{display_path(path)} ({_strategy_text(claim)}); a shared module is "
+                    "compiled once, so give both paths the same strategy",
+                    path=path,
+                    strategy=None if claim is None else claim.strategy,
+                    claimant=None if claim is None else claim.claimant,
+                )
+            return Node(
+                path=path,
+                type_name=self._type_name(type(module)),
+                claim=claim,
+                offers=offers,
+                region=None if node_region is None else node_region[0],
+                shared_with=shared,
+            )
+        first_path[id(module)] = path
+        claims_at[id(module)] = claim
+
+        prefix = f"{path}." if path else ""
+        # an already compiled TorchScript module is a leaf: its children are not Python modules
+        submodules = () if isinstance(module, torch.jit.ScriptModule) else module._modules.items()
+        children = tuple(
+            self._visit(child, prefix + name, node_region, modules, first_path, claims_at)
+            for name, child in submodules
+            if child is not None
+        )
+        return Node(
+            path=path,
+            type_name=self._type_name(type(module)),
+            children=children,
+            claim=claim,
+            offers=offers,
+            region=None if node_region is None else node_region[0],
+        )
+
+    def _resolve(
+        self, module: torch.nn.Module, path: str
+    ) -> tuple[tuple[Claim, ...], Claim | None]:
+        offers: list[Claim] = []
+        if path == "" and self.root_claim is not None:
+            offers.append(self.root_claim)
+        forced_inherit = False
+        for i, rule in enumerate(self.rules):
+            if rule.matches(module, path):
+                self._rule_hits[i] += 1
+                if rule.strategy is None:
+                    forced_inherit = True
+                else:
+                    offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
+                break
+        if self.recurse or path == "":
+            for plugin, claim in self.plugins.call_all(
+                "torchstitch_claim", module=module, path=path
+            ):
+                if not isinstance(claim, Claim):
+                    raise PluginError(
+                        f"must return a torchstitch.Claim or None, got {claim!r}",
+                        plugin=plugin,
+                        hook="torchstitch_claim",
+                        path=path,
+                    )
+                if claim.kind is ClaimKind.OVERRIDE:
+                    raise PluginError(
+                        "returned an 'override' claim; override is reserved for the "
+                        "caller's rules (use 'rule' or 'attribute')",
+                        plugin=plugin,
+                        hook="torchstitch_claim",
+                        path=path,
+                    )
+                offers.append(claim)
+        if not offers:
+            return (), None
+        offers.sort(key=lambda c: c.kind, reverse=True)
+        offered = tuple(offers)
+        if forced_inherit and (self.root_claim is None or path != ""):
+            return offered, None
+        winner = offers[0]
+        rivals = [c for c in offers if c.kind == winner.kind and c.strategy != winner.strategy]
+        if rivals and winner.kind is not ClaimKind.OVERRIDE:
+            claimants = "; ".join(f"{c.claimant} says {c.strategy!r}" for c in [winner, *rivals])
+            raise AmbiguousClaimError(
+                f"{len(rivals) + 1} {winner.kind} claims disagree for "
+                f"{self._type_name(type(module))}: {claimants}. Settle it with an override, "
+                f"e.g. rules=[torchstitch.Rule({winner.strategy!r}, path={path!r})]",
+                path=path,
+                strategy=winner.strategy,
+                claimant=winner.claimant,
+            )
+        if winner.strategy not in self.plugins.strategies:
+            raise UnknownStrategyError(
+                f"unknown strategy {winner.strategy!r}; known strategies: {_known(self.plugins)}",
+                path=path,
+                strategy=winner.strategy,
+                claimant=winner.claimant,
+            )
+        return offered, winner
+
+    def _check_containment(
+        self,
+        module: torch.nn.Module,
+        path: str,
+        claim: Claim,
+        strategy: Strategy,
+        region: tuple[str, Strategy],
+    ) -> None:
+        region_path, region_strategy = region
+        if region_strategy.can_hold(strategy):
+            return
+        allowed = ", ".join(sorted(region_strategy.can_contain or ()))
+        raise strategy.containment_error(
+            f"{self._type_name(type(module))} is claimed {strategy.name!r} "
+            f"(family {strategy.family!r}) but sits inside the {region_strategy.name!r} region "
+            f"rooted at {display_path(region_path)}, which can only contain {allowed}. "
+            f"Claim it (or an ancestor below {display_path(region_path)}) with a strategy "
+            f"that {region_strategy.name!r} can contain, or stop compiling "
+            f"{display_path(region_path)} as a whole",
+            path=path,
+            strategy=strategy.name,
+            claimant=claim.claimant,
+        )
+
+    def _type_name(self, cls: type) -> str:
+        name = self._type_names.get(cls)
+        if name is None:
+            name = self._type_names[cls] = f"{cls.__module__}.{cls.__qualname__}"
+        return name
+
+
+def _strategy_text(claim: Claim | None) -> str:
+    return "inherits" if claim is None else f"{claim.strategy!r} by {claim.claimant}"

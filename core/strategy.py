@@ -1,0 +1,86 @@
+"""What a strategy is, and the per-call context handed to strategies and providers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+
+from .errors import PlanError, StitchError
+
+if TYPE_CHECKING:
+    from .ir import Node
+
+__all__ = ["Strategy", "CompileContext", "TracingInputs"]
+
+#: ``[{method_name: args_tuple}, ...]``, the format of ``torch.jit.trace_module``
+TracingInputs = list[dict[str, tuple[Any, ...]]]
+
+
+def _frozen_names(value: Any) -> frozenset[str] | None:
+    return None if value is None else frozenset(value)
+
+
+@attrs.frozen
+class Strategy:
+    """A way of compiling a module, registered by a plugin's ``torchstitch_strategies`` hook.
+
+    ``compile(module, context)`` receives the engine's shell of the user's module
+    (children already compiled and stitched in) and returns the compiled module.
+    It may raise anything; the engine wraps it in a
+    :class:`~torchstitch.NodeCompileError` naming the node.
+    """
+
+    #: unique name, used by claims and rules
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: kind of artifact produced: ``"torchscript"``, ``"export"``, ``"python"``, ...
+    family: str = attrs.field(validator=attrs.validators.instance_of(str))
+    #: ``compile(module, context) -> nn.Module``
+    compile: Callable[[torch.nn.Module, CompileContext], torch.nn.Module] = attrs.field(
+        eq=False, repr=False
+    )
+    #: whether ``context.inputs`` must hold tracing inputs
+    needs_inputs: bool = False
+    #: families of explicitly claimed descendants this strategy can contain; ``None``: any
+    can_contain: frozenset[str] | None = attrs.field(default=None, converter=_frozen_names)
+    #: compare the compiled module with eager on its inputs after compiling
+    verify: bool = False
+    #: strategies to try, in order, when this one fails under ``on_error="fallback"``
+    fallbacks: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    #: whether the strategy produces a compiled artifact (``False``: the node stays in Python)
+    compiles: bool = True
+    #: error raised at plan time when a parent cannot contain this strategy's family
+    containment_error: type[StitchError] = PlanError
+    #: one line for ``torchstitch strategies`` and plan explanations
+    description: str = ""
+
+    def can_hold(self, child: Strategy) -> bool:
+        """Whether a ``child`` node claimed by another strategy may sit inside this one's region."""
+        return self.can_contain is None or child.family in self.can_contain
+
+
+@attrs.frozen
+class CompileContext:
+    """Per-node, per-call information for strategies and tracing-input providers (read-only).
+
+    One exists for each node being compiled; nothing in it is shared between calls.
+    """
+
+    #: the node being compiled
+    node: Node
+    #: options for this node's strategy (``script_options``, ``trace_options``, ...)
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    #: tracing inputs chosen for this node (empty when the strategy does not need any)
+    inputs: TracingInputs = attrs.field(factory=list, eq=False, repr=False)
+    #: where the inputs came from (the provider's plugin name), ``None`` without inputs
+    inputs_source: str | None = None
+    #: the caller's ``example_inputs`` for the root, as a tuple (``None`` if not given)
+    example_inputs: tuple[Any, ...] | None = attrs.field(default=None, eq=False, repr=False)
+    #: the caller's per-path ``inputs=``
+    caller_inputs: Mapping[str, TracingInputs] = attrs.field(factory=dict, eq=False, repr=False)
+    #: inputs recorded for each path during the eager run on ``example_inputs``
+    recorded_inputs: Mapping[str, TracingInputs] = attrs.field(factory=dict, eq=False, repr=False)
+    #: how many distinct tracing inputs to ask for (``n_trace_checks``)
+    n_trace_checks: int = 1

@@ -1,0 +1,124 @@
+"""Verification: compare a compiled module's outputs with eager outputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import torch
+
+__all__ = ["Tolerance", "Mismatch", "compare"]
+
+
+@attrs.frozen
+class Tolerance:
+    """``|actual - expected| <= atol + rtol * |expected|``; ``None`` picks by dtype."""
+
+    atol: float | None = None
+    rtol: float | None = None
+
+    def for_dtype(self, dtype: torch.dtype) -> tuple[float, float]:
+        if dtype in (torch.float16, torch.bfloat16):
+            default = (1e-2, 1e-2)
+        elif dtype == torch.float64:
+            default = (1e-7, 1e-7)
+        else:
+            default = (1e-5, 1e-4)
+        return (
+            default[0] if self.atol is None else self.atol,
+            default[1] if self.rtol is None else self.rtol,
+        )
+
+
+@attrs.frozen
+class Mismatch:
+    """Why two outputs differ: where in the output structure, and by how much."""
+
+    where: str
+    detail: str
+    max_abs_diff: float
+
+
+def compare(expected: Any, actual: Any, tolerance: Tolerance) -> tuple[float, Mismatch | None]:
+    """Largest absolute difference over all tensors, and the first mismatch (or ``None``)."""
+    state = {"max": 0.0, "mismatch": None}
+    _compare(expected, actual, tolerance, "output", state)
+    return state["max"], state["mismatch"]
+
+
+def _fail(state: dict, where: str, detail: str, diff: float = math.nan) -> None:
+    if state["mismatch"] is None:
+        state["mismatch"] = Mismatch(where, detail, diff)
+
+
+def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict) -> None:
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return _fail(state, where, f"expected a tensor, got {type(actual).__name__}")
+        if expected.shape != actual.shape or expected.dtype != actual.dtype:
+            return _fail(
+                state,
+                where,
+                f"expected {expected.dtype} {tuple(expected.shape)}, "
+                f"got {actual.dtype} {tuple(actual.shape)}",
+            )
+        if not (expected.is_floating_point() or expected.is_complex()):
+            if not torch.equal(expected, actual):
+                diff = (
+                    (expected.long() - actual.long()).abs().max().item() if expected.numel() else 0
+                )
+                state["max"] = max(state["max"], float(diff))
+                _fail(state, where, "integer values differ", float(diff))
+            return None
+        e, a = expected.detach(), actual.detach().to(expected.device)
+        nan_e, nan_a = torch.isnan(e), torch.isnan(a)
+        if nan_e.any() or nan_a.any():
+            return _fail(
+                state,
+                where,
+                "NaN in the eager output" if nan_e.any() else "NaN in the compiled output",
+            )
+        if e.numel() == 0:
+            return None
+        diff = (e - a).abs()
+        largest = float(diff.max())
+        state["max"] = max(state["max"], largest)
+        atol, rtol = tol.for_dtype(e.dtype)
+        if bool((diff > atol + rtol * e.abs()).any()):
+            _fail(state, where, f"values differ by up to {largest:.3g}", largest)
+        return None
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
+            return _fail(
+                state, where, f"expected a sequence of {len(expected)}, got {_shape(actual)}"
+            )
+        for i, (x, y) in enumerate(zip(expected, actual)):
+            _compare(x, y, tol, f"{where}[{i}]", state)
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or set(actual) != set(expected):
+            return _fail(
+                state, where, f"expected keys {sorted(map(str, expected))}, got {_shape(actual)}"
+            )
+        for key in expected:
+            _compare(expected[key], actual[key], tol, f"{where}[{key!r}]", state)
+        return None
+    if isinstance(expected, float) and isinstance(actual, (int, float)):
+        largest = abs(expected - actual)
+        state["max"] = max(state["max"], largest)
+        atol, rtol = tol.for_dtype(torch.float32)
+        if not largest <= atol + rtol * abs(expected):
+            _fail(state, where, f"{actual!r} != {expected!r}", largest)
+        return None
+    if expected != actual:
+        _fail(state, where, f"{actual!r} != {expected!r}")
+    return None
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, dict):
+        return f"keys {sorted(map(str, value))}"
+    return type(value).__name__

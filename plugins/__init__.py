@@ -1,0 +1,1 @@
+"""Integrations with other libraries, each a plugin loaded through the ``torchstitch`` entry points."""

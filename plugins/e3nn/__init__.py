@@ -1,0 +1,88 @@
+"""e3nn integration: e3nn's compile-mode attribute, irreps-based tracing inputs, jitable fx code.
+
+Registered through the ``torchstitch`` entry-point group.  It never imports
+e3nn itself: every hook first checks that e3nn is already imported (a model
+holding e3nn modules implies it), so without e3nn the plugin does nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+
+import torch
+
+from ...core.claims import Claim, ClaimKind
+from ...core.hookspecs import hookimpl
+from ...core.ir import Node
+from ...core.strategy import Strategy, TracingInputs
+
+log = logging.getLogger(__name__)
+
+#: the class/instance attribute e3nn's ``@compile_mode`` writes
+E3NN_MODE_ATTR = "__e3nn_compile_mode__"
+_UNSET = object()
+
+
+def _e3nn_loaded() -> bool:
+    return "e3nn" in sys.modules
+
+
+@hookimpl
+def torchstitch_claim(module: torch.nn.Module) -> Claim | None:
+    mode = module.__dict__.get(E3NN_MODE_ATTR, _UNSET)
+    where = "the instance"
+    if mode is _UNSET:
+        cls = type(module)
+        mode = getattr(cls, E3NN_MODE_ATTR, None)
+        if mode is not None:
+            owner = next(k for k in cls.__mro__ if E3NN_MODE_ATTR in k.__dict__)
+            where = f"{owner.__module__}.{owner.__qualname__}"
+    if mode is not None:
+        return Claim(
+            mode, ClaimKind.ATTRIBUTE, "plugin e3nn", f"{E3NN_MODE_ATTR}={mode!r} on {where}"
+        )
+    if isinstance(module, torch.fx.GraphModule) and _e3nn_loaded():
+        return Claim(
+            "script", ClaimKind.RULE, "plugin e3nn", "e3nn scripts torch.fx.GraphModule code"
+        )
+    return None
+
+
+@hookimpl(trylast=True)
+def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs | None:
+    """Random inputs from ``irreps_in`` (or ``irreps_in1``/``irreps_in2``): the last resort."""
+    if not _e3nn_loaded():
+        return None
+    cls = type(module)
+    if not any(hasattr(cls, a) or a in module.__dict__ for a in ("irreps_in", "irreps_in1")):
+        return None
+    from e3nn.util import _argtools
+
+    try:
+        irreps_in, _ = _argtools._get_io_irreps(module, irreps_out=[None])
+    except (ValueError, TypeError) as exc:
+        log.debug("e3nn could not infer irreps_in of %s: %s", cls.__qualname__, exc)
+        return None
+    inputs = [{"forward": tuple(_argtools._rand_args(irreps_in))} for _ in range(n)]
+    return _argtools._to_device_dtype(
+        inputs, _argtools._get_device(module), _argtools._get_floating_dtype(module)
+    )
+
+
+@hookimpl
+def torchstitch_prepare(
+    module: torch.nn.Module, node: Node, strategy: Strategy
+) -> torch.nn.Module | None:
+    """Make e3nn's fx-generated code scriptable, as ``e3nn.util.jit`` does before scripting."""
+    if strategy.family != "torchscript" or not isinstance(module, torch.fx.GraphModule):
+        return None
+    try:
+        from opt_einsum_fx import jitable
+    except ImportError:
+        return None
+    # jitable() rewrites the graph in place; the graph is shared with the user's
+    # module, so give the shell a private copy (tensors stay shared).
+    private = torch.fx.GraphModule(module, copy.deepcopy(module.graph), type(module).__name__)
+    return jitable(private)

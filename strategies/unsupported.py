@@ -1,0 +1,29 @@
+"""The ``unsupported`` strategy: the module stays in Python and no compiled region may contain it."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.errors import UnsupportedModuleError
+from ..core.hookspecs import hookimpl
+from ..core.strategy import CompileContext, Strategy
+
+
+def keep_in_python(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
+    # Its children may have been compiled on their own and stitched into this shell.
+    return module
+
+
+STRATEGY = Strategy(
+    name="unsupported",
+    family="python",
+    compile=keep_in_python,
+    compiles=False,
+    containment_error=UnsupportedModuleError,
+    description="cannot be compiled: stays in Python; an error inside a compiled region",
+)
+
+
+@hookimpl
+def torchstitch_strategies() -> list[Strategy]:
+    return [STRATEGY]
