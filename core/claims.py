@@ -130,8 +130,7 @@ def compile_mode(mode: str | None) -> Callable[[type], type]:
     def decorator(cls: type) -> type:
         if not (inspect.isclass(cls) and issubclass(cls, torch.nn.Module)):
             raise TypeError(
-                "@torchstitch.compile_mode can only decorate subclasses of torch.nn.Module, "
-                f"got {cls!r}"
+                f"@torchstitch.compile_mode can only decorate subclasses of torch.nn.Module, got {cls!r}"
             )
         # Written into the class's own __dict__, so subclasses inherit it through the MRO.
         setattr(cls, _MODE_ATTR, mode)
@@ -177,9 +176,7 @@ def decorator_claim(module: torch.nn.Module) -> Claim | None:
     if mode is None:
         return None
     owner = next(k for k in cls.__mro__ if _MODE_ATTR in k.__dict__)
-    return Claim(
-        mode, ClaimKind.DECORATOR, f"@compile_mode on {owner.__module__}.{owner.__qualname__}"
-    )
+    return Claim(mode, ClaimKind.DECORATOR, f"@compile_mode on {owner.__module__}.{owner.__qualname__}")
 
 
 # --------------------------------------------------------------------------
@@ -259,14 +256,10 @@ class Rule:
     :param where: a predicate ``where(module, path) -> bool``.
     """
 
-    strategy: str | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
+    strategy: str | None = attrs.field(validator=attrs.validators.optional(attrs.validators.instance_of(str)))
     type: type | tuple[type, ...] | None = attrs.field(default=None, kw_only=True)
     path: str | None = attrs.field(default=None, kw_only=True)
-    where: Callable[[torch.nn.Module, str], Any] | None = attrs.field(
-        default=None, kw_only=True, eq=False
-    )
+    where: Callable[[torch.nn.Module, str], Any] | None = attrs.field(default=None, kw_only=True, eq=False)
     _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
 
     @type.validator
@@ -289,9 +282,7 @@ class Rule:
 
     def __attrs_post_init__(self) -> None:
         if self.type is None and self.path is None and self.where is None:
-            raise PlanError(
-                f"Rule({self.strategy!r}) has no condition: give type=, path= or where="
-            )
+            raise PlanError(f"Rule({self.strategy!r}) has no condition: give type=, path= or where=")
         regex = None if self.path is None else _compile_glob(self.path)
         object.__setattr__(self, "_regex", regex)
 

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import torch
 
-from .claims import Claim, Rule
+from .claims import Claim, ClaimKind, Rule
 from .deprecation import report_torchscript_deprecations
 from .errors import (
     NodeCompileError,
@@ -77,9 +77,7 @@ class CompileOptions:
         default=(), converter=lambda r: (r,) if isinstance(r, Rule) else tuple(r)
     )
     #: plugin objects to add and ``"no:NAME"`` to block; ``None``: the default plugin manager
-    plugins: tuple[object, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple)
-    )
+    plugins: tuple[object, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     #: swap compiled children into the caller's modules once everything compiled
     in_place: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: claim descendants too; if false only the root is claimed
@@ -188,7 +186,7 @@ class Engine:
         *,
         example_inputs: Any = None,
         inputs: Mapping[str, Any] | None = None,
-        root_strategy: Claim | None = None,
+        root_strategy: str | Claim | None = None,
     ) -> Plan:
         """Resolve claims and validate the plan without compiling anything."""
         tree = self._plan(PluginSet.from_plugins(self.options.plugins), module, root_strategy)
@@ -202,7 +200,7 @@ class Engine:
         *,
         example_inputs: Any = None,
         inputs: Mapping[str, Any] | None = None,
-        root_strategy: Claim | None = None,
+        root_strategy: str | Claim | None = None,
     ) -> CompileResult:
         """Compile ``module``; the caller's model is unchanged unless ``in_place=True``
         and everything succeeded.
@@ -212,7 +210,8 @@ class Engine:
             verify the whole compiled model.
         :param inputs: tracing inputs by path (an args tuple, ``{method: args}``
             or a list of them); they beat every other provider.
-        :param root_strategy: an override claim for the root (``script()``, ``trace()``).
+        :param root_strategy: force the root's strategy (a name, or an override
+            :class:`Claim` saying who forces it, as ``script()`` and ``trace()`` do).
         """
         start = time.perf_counter()
         plugin_set = PluginSet.from_plugins(self.options.plugins)
@@ -227,11 +226,13 @@ class Engine:
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
     def _plan(
-        self, plugin_set: PluginSet, module: torch.nn.Module, root_claim: Claim | None
+        self, plugin_set: PluginSet, module: torch.nn.Module, root_claim: str | Claim | None
     ) -> PlannedTree:
-        planner = Planner(
-            plugin_set, self.options.rules, root_claim=root_claim, recurse=self.options.recurse
-        )
+        if isinstance(root_claim, str):
+            root_claim = Claim(root_claim, ClaimKind.OVERRIDE, "root_strategy=", "forced by the caller")
+        elif root_claim is not None and not isinstance(root_claim, Claim):
+            raise TypeError(f"root_strategy must be a strategy name or a Claim, got {root_claim!r}")
+        planner = Planner(plugin_set, self.options.rules, root_claim=root_claim, recurse=self.options.recurse)
         return planner.build(module)
 
 
@@ -239,9 +240,7 @@ def _caller_inputs(inputs: Mapping[str, Any] | None, plan: Plan) -> dict[str, Tr
     if inputs is None:
         return {}
     if not isinstance(inputs, Mapping):
-        raise TypeError(
-            f"inputs= must be a dict of path -> tracing inputs, got {type(inputs).__name__}"
-        )
+        raise TypeError(f"inputs= must be a dict of path -> tracing inputs, got {type(inputs).__name__}")
     out = {}
     for path, value in inputs.items():
         if path not in plan:
@@ -346,11 +345,7 @@ class _Run:
             names = [node.claim.strategy]
             if self.options.on_error == "fallback":
                 names += list(self.plugins.strategies[node.claim.strategy].fallbacks)
-            if any(
-                self.plugins.strategies[n].needs_inputs
-                for n in names
-                if n in self.plugins.strategies
-            ):
+            if any(self.plugins.strategies[n].needs_inputs for n in names if n in self.plugins.strategies):
                 targets[node.path] = self.modules[node.path]
         return targets
 
@@ -429,9 +424,7 @@ class _Run:
                 strategy=node.claim.strategy,
                 claimant=node.claim.claimant,
             ) from errors[-1]
-        log.info(
-            "%s: every strategy failed (%s); left to its parent", display_path(node.path), tried
-        )
+        log.info("%s: every strategy failed (%s); left to its parent", display_path(node.path), tried)
         self.outcomes[node.path] = Outcome(attempts=tuple(attempts))
         return shell
 
@@ -628,8 +621,7 @@ class _Run:
 
     def annotated_plan(self) -> Plan:
         update = {
-            path: attrs.evolve(self.plan[path], outcome=outcome)
-            for path, outcome in self.outcomes.items()
+            path: attrs.evolve(self.plan[path], outcome=outcome) for path, outcome in self.outcomes.items()
         }
         return self.plan.map_nodes(update) if update else self.plan
 

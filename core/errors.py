@@ -147,9 +147,7 @@ class PluginError(StitchError):
 
 
 def _rebuild_plugin_error(message, plugin, hook, path, strategy, claimant):
-    return PluginError(
-        message, plugin=plugin, hook=hook, path=path, strategy=strategy, claimant=claimant
-    )
+    return PluginError(message, plugin=plugin, hook=hook, path=path, strategy=strategy, claimant=claimant)
 
 
 class ArtifactError(StitchError):

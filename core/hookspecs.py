@@ -94,9 +94,7 @@ def torchstitch_tracing_inputs(
 
 
 @hookspec
-def torchstitch_prepare(
-    module: torch.nn.Module, node: Node, strategy: Strategy
-) -> torch.nn.Module | None:
+def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy) -> torch.nn.Module | None:
     """Adapt ``module`` just before ``strategy`` compiles it.
 
     ``module`` is the engine's private shell of the user's module: attributes

@@ -96,9 +96,7 @@ def normalize_tracing_inputs(value: Any, path: str) -> TracingInputs:
     return out
 
 
-def check_tracing_inputs(
-    module: torch.nn.Module, inputs: Any, *, path: str, provider: str
-) -> TracingInputs:
+def check_tracing_inputs(module: torch.nn.Module, inputs: Any, *, path: str, provider: str) -> TracingInputs:
     """Validate a provider's answer: a non-empty list of ``{method_name: args_tuple}`` dicts."""
 
     def fail(problem: str) -> TracingInputsError:

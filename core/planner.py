@@ -175,9 +175,7 @@ class Planner:
             region=None if node_region is None else node_region[0],
         )
 
-    def _resolve(
-        self, module: torch.nn.Module, path: str
-    ) -> tuple[tuple[Claim, ...], Claim | None]:
+    def _resolve(self, module: torch.nn.Module, path: str) -> tuple[tuple[Claim, ...], Claim | None]:
         offers: list[Claim] = []
         if path == "" and self.root_claim is not None:
             offers.append(self.root_claim)
@@ -191,9 +189,7 @@ class Planner:
                     offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
                 break
         if self.recurse or path == "":
-            for plugin, claim in self.plugins.call_all(
-                "torchstitch_claim", module=module, path=path
-            ):
+            for plugin, claim in self.plugins.call_all("torchstitch_claim", module=module, path=path):
                 if not isinstance(claim, Claim):
                     raise PluginError(
                         f"must return a torchstitch.Claim or None, got {claim!r}",

@@ -70,9 +70,7 @@ def make_plugin_manager(
     for item in plugins:
         if isinstance(item, str):
             if not item.startswith("no:") or len(item) == 3:
-                raise ValueError(
-                    f"plugins= takes plugin objects or 'no:NAME' strings, got {item!r}"
-                )
+                raise ValueError(f"plugins= takes plugin objects or 'no:NAME' strings, got {item!r}")
             blocked.append(item[3:])
         else:
             extra.append(item)
@@ -132,9 +130,7 @@ class PluginSet:
         #: strategy name -> name of the plugin that provides it
         self.providers: dict[str, str] = {}
         for plugin, result in self.call_all("torchstitch_strategies"):
-            if not isinstance(result, (list, tuple)) or not all(
-                isinstance(s, Strategy) for s in result
-            ):
+            if not isinstance(result, (list, tuple)) or not all(isinstance(s, Strategy) for s in result):
                 raise PluginError(
                     f"must return a list of torchstitch.Strategy, got {result!r}",
                     plugin=plugin,

@@ -38,9 +38,7 @@ class Strategy:
     #: kind of artifact produced: ``"torchscript"``, ``"export"``, ``"python"``, ...
     family: str = attrs.field(validator=attrs.validators.instance_of(str))
     #: ``compile(module, context) -> nn.Module``
-    compile: Callable[[torch.nn.Module, CompileContext], torch.nn.Module] = attrs.field(
-        eq=False, repr=False
-    )
+    compile: Callable[[torch.nn.Module, CompileContext], torch.nn.Module] = attrs.field(eq=False, repr=False)
     #: whether ``context.inputs`` must hold tracing inputs
     needs_inputs: bool = False
     #: families of explicitly claimed descendants this strategy can contain; ``None``: any

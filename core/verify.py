@@ -65,9 +65,7 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
             )
         if not (expected.is_floating_point() or expected.is_complex()):
             if not torch.equal(expected, actual):
-                diff = (
-                    (expected.long() - actual.long()).abs().max().item() if expected.numel() else 0
-                )
+                diff = (expected.long() - actual.long()).abs().max().item() if expected.numel() else 0
                 state["max"] = max(state["max"], float(diff))
                 _fail(state, where, "integer values differ", float(diff))
             return None
@@ -90,17 +88,13 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
         return None
     if isinstance(expected, (tuple, list)):
         if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
-            return _fail(
-                state, where, f"expected a sequence of {len(expected)}, got {_shape(actual)}"
-            )
+            return _fail(state, where, f"expected a sequence of {len(expected)}, got {_shape(actual)}")
         for i, (x, y) in enumerate(zip(expected, actual)):
             _compare(x, y, tol, f"{where}[{i}]", state)
         return None
     if isinstance(expected, dict):
         if not isinstance(actual, dict) or set(actual) != set(expected):
-            return _fail(
-                state, where, f"expected keys {sorted(map(str, expected))}, got {_shape(actual)}"
-            )
+            return _fail(state, where, f"expected keys {sorted(map(str, expected))}, got {_shape(actual)}")
         for key in expected:
             _compare(expected[key], actual[key], tol, f"{where}[{key!r}]", state)
         return None

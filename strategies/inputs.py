@@ -16,9 +16,7 @@ class CallerInputs:
     """Inputs the caller gave for this path with ``compile(inputs={path: ...})``."""
 
     @hookimpl(tryfirst=True)
-    def torchstitch_tracing_inputs(
-        self, node: Node, context: CompileContext
-    ) -> TracingInputs | None:
+    def torchstitch_tracing_inputs(self, node: Node, context: CompileContext) -> TracingInputs | None:
         return context.caller_inputs.get(node.path)
 
 
@@ -37,7 +35,5 @@ class RecordedInputs:
     """Inputs recorded at this path during one eager run of the root on ``example_inputs``."""
 
     @hookimpl(tryfirst=True)
-    def torchstitch_tracing_inputs(
-        self, node: Node, context: CompileContext
-    ) -> TracingInputs | None:
+    def torchstitch_tracing_inputs(self, node: Node, context: CompileContext) -> TracingInputs | None:
         return context.recorded_inputs.get(node.path)
