@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         loaded(x)
     compiled_s = time.perf_counter() - start
     print(
-        f"forward latency, compiled / eager: {compiled_s / eager_s:.2f} (200 calls each, {torch.get_num_threads()} threads)"
+        f"forward latency, compiled / eager: {compiled_s / eager_s:.2f} "
+        f"(200 calls each, {torch.get_num_threads()} threads)"
     )
 
     ok = worst < 1e-5 and same_plan

@@ -191,11 +191,24 @@ class PluginSet:
 
     def call_all(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Every implementation's non-``None`` result, with the plugin name, in call order."""
+        # Hot path (the claim hook runs once per module): one try around the loop,
+        # the failing implementation is the one the loop variable points at.
         results = []
-        for impl in self._impls(hook_name):
-            result = self._call(impl, hook_name, kwargs)
-            if result is not None:
-                results.append((impl.plugin_name, result))
+        impl = None
+        try:
+            for impl in self._impls(hook_name):
+                result = impl.function(*[kwargs[name] for name in impl.argnames])
+                if result is not None:
+                    results.append((impl.plugin_name, result))
+        except StitchError:
+            raise
+        except Exception as exc:
+            assert impl is not None
+            raise PluginError(
+                f"raised {type(exc).__name__}: {_first_line(exc)}",
+                plugin=impl.plugin_name,
+                hook=hook_name,
+            ) from exc
         return results
 
     def call_first(self, hook_name: str, **kwargs: Any) -> tuple[list[str], str | None, Any]:
