@@ -28,6 +28,7 @@ from .core.errors import (
 )
 from .core.hookspecs import hookimpl, hookspec
 from .core.ir import Attempt, Node, Outcome, Plan
+from .core.locate import Divergence, locate
 from .core.plugin_manager import get_plugin_manager, make_plugin_manager
 from .core.serialization import Artifact, load, save
 from .core.strategy import CompileContext, Strategy
@@ -38,6 +39,7 @@ __all__ = [
     "ArtifactError",
     "Attempt",
     "Claim",
+    "Divergence",
     "ClaimKind",
     "CompileContext",
     "CompileOptions",
@@ -66,6 +68,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load",
+    "locate",
     "make_plugin_manager",
     "plan",
     "save",

@@ -38,6 +38,7 @@ from .inputs import (
     snapshot,
 )
 from .ir import Attempt, Node, Outcome, Plan
+from .locate import locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .strategy import CompileContext, Strategy, TracingInputs
@@ -276,6 +277,8 @@ class _Run:
         #: id(user module) -> (user module, shell)
         self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
         self.outcomes: dict[str, Outcome] = {}
+        #: paths whose strategy produced a compiled module, in compilation order
+        self.compiled_paths: list[str] = []
         self.touched = self._touched_modules()
 
     # -- orchestration -------------------------------------------------------
@@ -413,6 +416,8 @@ class _Run:
             attempts.append(Attempt(name, seconds=outcome.seconds))
             outcome = attrs.evolve(outcome, attempts=tuple(attempts))
             self.outcomes[node.path] = outcome
+            if strategy.compiles:
+                self.compiled_paths.append(node.path)
             self._notify(node, compiled, outcome)
             return compiled
         # every strategy failed under on_error="fallback"
@@ -593,9 +598,25 @@ class _Run:
             ) from exc
         diff, mismatch = compare(self.recording.root_output, actual, self.options.tolerance)
         if mismatch is not None:
+            culprits = locate(
+                self.modules[""],
+                compiled,
+                self.example_args,
+                paths=self.compiled_paths,
+                tolerance=self.options.tolerance,
+            )
+            if culprits:
+                where = "; ".join(str(c) for c in culprits)
+                hint = f" Compiled submodules that diverge on their own inputs (deepest): {where}"
+            else:
+                hint = (
+                    " No compiled submodule diverges on its own inputs: the difference comes from "
+                    "how they are combined (e.g. a traced branch in a parent)"
+                )
             raise VerificationError(
                 f"the compiled model differs from eager on example_inputs at {mismatch.where}: "
-                f"{mismatch.detail}",
+                f"{mismatch.detail}.{hint}",
+                culprits=culprits,
                 max_abs_diff=mismatch.max_abs_diff,
                 path="",
                 strategy=None if claim is None else claim.strategy,

@@ -99,25 +99,36 @@ class VerificationError(StitchError):
 
     :ivar max_abs_diff: the largest absolute difference found (``nan`` when shapes
         or structure differ, or when NaN appeared on one side only).
+    :ivar culprits: for a whole-model mismatch, the deepest compiled submodules
+        that diverge from eager on their own inputs (:class:`torchstitch.Divergence`).
     """
 
-    def __init__(self, message: str, *, max_abs_diff: float = float("nan"), **kw) -> None:
+    def __init__(
+        self, message: str, *, max_abs_diff: float = float("nan"), culprits: tuple = (), **kw
+    ) -> None:
         self.max_abs_diff = max_abs_diff
+        self.culprits = tuple(culprits)
         super().__init__(message, **kw)
 
     def __reduce__(self):
         return _rebuild_verification_error, (
             self.message,
             self.max_abs_diff,
+            self.culprits,
             self.path,
             self.strategy,
             self.claimant,
         )
 
 
-def _rebuild_verification_error(message, max_abs_diff, path, strategy, claimant):
+def _rebuild_verification_error(message, max_abs_diff, culprits, path, strategy, claimant):
     return VerificationError(
-        message, max_abs_diff=max_abs_diff, path=path, strategy=strategy, claimant=claimant
+        message,
+        max_abs_diff=max_abs_diff,
+        culprits=culprits,
+        path=path,
+        strategy=strategy,
+        claimant=claimant,
     )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
+from .deprecation import report_torchscript_deprecations
 from .errors import ArtifactError
 from .ir import Plan
 
@@ -76,14 +77,16 @@ def save(
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
-    torch.jit.save(compiled, os.fspath(path), _extra_files=extra)
+    with report_torchscript_deprecations():
+        torch.jit.save(compiled, os.fspath(path), _extra_files=extra)
 
 
 def load(path: str | os.PathLike[str], *, map_location: Any = None) -> Artifact:
     """Load an artifact saved by :func:`save` (or any TorchScript file, then without a plan)."""
     extra = {PLAN_FILE: "", META_FILE: ""}
     try:
-        module = torch.jit.load(os.fspath(path), map_location=map_location, _extra_files=extra)
+        with report_torchscript_deprecations():
+            module = torch.jit.load(os.fspath(path), map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         raise ArtifactError(f"{os.fspath(path)!r} is not a TorchScript artifact: {exc}") from exc
     meta = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
