@@ -82,7 +82,7 @@ class NequIPStyle(torch.nn.Module):
     ):
         super().__init__()
         irreps_node = o3.Irreps(
-            "+".join(f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(lmax + 1))
+            "+".join(f"{channels}x{deg}{'e' if deg % 2 == 0 else 'o'}" for deg in range(lmax + 1))
         )
         self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
