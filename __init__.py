@@ -30,13 +30,14 @@ from .core.hookspecs import hookimpl, hookspec
 from .core.ir import Attempt, Node, Outcome, Plan
 from .core.locate import Divergence, locate
 from .core.plugin_manager import get_plugin_manager, make_plugin_manager
-from .core.serialization import Artifact, load, save
+from .core.serialization import Artifact, ArtifactFormat, load, save
 from .core.strategy import CompileContext, Strategy
 
 __all__ = [
     "AmbiguousClaimError",
     "Artifact",
     "ArtifactError",
+    "ArtifactFormat",
     "Attempt",
     "Claim",
     "Divergence",

@@ -47,6 +47,7 @@ def compile(
     verify: bool = True,
     on_error: str = "raise",
     plugins: Iterable[object | str] | None = None,
+    freeze: bool = False,
 ) -> torch.nn.Module:
     """Compile ``module`` piece by piece and return the stitched model.
 
@@ -69,6 +70,8 @@ def compile(
     :param verify: compare traced nodes and the whole model with eager.
     :param on_error: ``"raise"``, or ``"fallback"`` along each strategy's fallbacks.
     :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
+    :param freeze: ``torch.jit.freeze`` the TorchScript root for inference (needs
+        ``model.eval()``; the frozen model holds its own copy of the weights).
     """
     engine = Engine(
         rules=rules,
@@ -80,6 +83,7 @@ def compile(
         trace_options=trace_options,
         verify=verify,
         on_error=on_error,
+        freeze=freeze,
     )
     return engine.compile(module, example_inputs=example_inputs, inputs=inputs).module
 

@@ -183,7 +183,8 @@ def decorator_claim(module: torch.nn.Module) -> Claim | None:
 # rules
 # --------------------------------------------------------------------------
 
-_COMPONENT = re.compile(r"^(?:[^.\[\]]|\[!?[^\]]+\])+$")
+# a component: plain characters, or [class] / [!class] with at least one character
+_COMPONENT = re.compile(r"^(?:[^.\[\]]|\[!?[^\]!][^\]]*\])+$")
 
 
 def _compile_glob(pattern: str) -> re.Pattern[str]:
@@ -213,8 +214,12 @@ def _compile_glob(pattern: str) -> re.Pattern[str]:
         if i > 0 and not (i == 1 and parts[0] == "**"):
             out.append(r"\.")
         out.append(_component_regex(part))
-    regex = "".join(out)
-    return re.compile(regex + r"\Z")
+    # "*" and friends never match the root's empty path; only "" and "**" do
+    regex = ("" if pattern == "**" else r"(?!\Z)") + "".join(out)
+    try:
+        return re.compile(regex + r"\Z")
+    except re.error as exc:
+        raise PlanError(f"malformed path glob {pattern!r}: {exc}") from None
 
 
 def _component_regex(part: str) -> str:
@@ -230,7 +235,10 @@ def _component_regex(part: str) -> str:
             end = part.index("]", j)
             body = part[j + 1 : end]
             negate = body.startswith("!")
-            rx += "[" + ("^" if negate else "") + re.escape(body[1:] if negate else body) + "]"
+            body = body[1:] if negate else body
+            # keep ranges ("0-9") working; escape what regex classes treat specially
+            body = body.replace("\\", "\\\\").replace("^", "\\^").replace("[", "\\[")
+            rx += "[" + ("^" if negate else "") + body + "]"
             j = end
         else:
             rx += re.escape(c)

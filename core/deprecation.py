@@ -15,10 +15,7 @@ threads share one installation (``warnings.catch_warnings`` is not thread-safe).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
 import threading
 import warnings
 from collections import Counter
@@ -27,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ._warn import warn
 from .errors import TorchScriptDeprecationWarning
 
 __all__ = ["report_torchscript_deprecations"]
@@ -37,8 +35,6 @@ _PATTERN = re.compile(_MESSAGE)
 _lock = threading.Lock()
 _installed = {"depth": 0, "filter": None, "showwarning": None}
 _local = threading.local()
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TESTS_DIR = os.path.join(_PACKAGE_DIR, "tests")
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
@@ -75,22 +71,6 @@ def _uninstall() -> None:
             _installed["filter"] = _installed["showwarning"] = None
 
 
-def _stacklevel() -> int:
-    """Stack level of the first frame outside torchstitch, counted from the caller of warn."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and (
-        (
-            frame.f_code.co_filename.startswith(_PACKAGE_DIR)
-            and not frame.f_code.co_filename.startswith(_TESTS_DIR)
-        )
-        or frame.f_code.co_filename == contextlib.__file__
-    ):
-        frame = frame.f_back
-        level += 1
-    return level
-
-
 @contextmanager
 def report_torchscript_deprecations() -> Iterator[None]:
     """Count TorchScript deprecation warnings in the block; warn once at its end."""
@@ -107,11 +87,10 @@ def report_torchscript_deprecations() -> Iterator[None]:
         _local.counts = None
         if counts:
             calls = ", ".join(f"{name} ({n}x)" for name, n in sorted(counts.items()))
-            warnings.warn(
+            warn(
                 TorchScriptDeprecationWarning(
-                    f"torch {torch.__version__} deprecates TorchScript; this compile called "
+                    f"torch {torch.__version__} deprecates TorchScript; this call used "
                     f"{calls}. TorchScript artifacts still load in libtorch hosts; torch.export "
                     "based strategies are the way forward."
-                ),
-                stacklevel=_stacklevel(),
+                )
             )

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 import torch
 
+from ._warn import warn
 from .claims import Claim, ClaimKind, Rule
 from .deprecation import report_torchscript_deprecations
 from .errors import (
@@ -27,6 +27,7 @@ from .errors import (
     TracingInputsError,
     VerificationError,
     display_path,
+    first_line,
 )
 from .inputs import (
     Recording,
@@ -93,6 +94,9 @@ class CompileOptions:
     on_error: str = attrs.field(default="raise", validator=_check_on_error)
     #: verification tolerance (``None``: by dtype)
     tolerance: Tolerance = attrs.field(factory=Tolerance)
+    #: ``torch.jit.freeze`` the compiled TorchScript root (inference artifacts; weights are
+    #: folded into the graph, so the result no longer shares storage with the input)
+    freeze: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def for_strategy(self, name: str) -> Mapping[str, Any]:
         return self.strategy_options.get(name, {})
@@ -161,6 +165,7 @@ class Engine:
         on_error: str = "raise",
         atol: float | None = None,
         rtol: float | None = None,
+        freeze: bool = False,
     ) -> None:
         per_strategy = {k: _options_dict(v) for k, v in _options_dict(strategy_options).items()}
         if script_options is not None:
@@ -179,6 +184,7 @@ class Engine:
             verify=verify,
             on_error=on_error,
             tolerance=Tolerance(atol, rtol),
+            freeze=freeze,
         )
 
     def plan(
@@ -219,6 +225,8 @@ class Engine:
         tree = self._plan(plugin_set, module, root_strategy)
         example_args = as_example_args(example_inputs)
         caller_inputs = _caller_inputs(inputs, tree.plan)
+        if self.options.freeze:
+            _check_freezable(tree.plan, plugin_set, module)
         with report_torchscript_deprecations(), preserved_buffers(module):
             run = _Run(self.options, plugin_set, tree, example_args, caller_inputs)
             compiled = run.execute()
@@ -235,6 +243,28 @@ class Engine:
             raise TypeError(f"root_strategy must be a strategy name or a Claim, got {root_claim!r}")
         planner = Planner(plugin_set, self.options.rules, root_claim=root_claim, recurse=self.options.recurse)
         return planner.build(module)
+
+
+def _check_freezable(plan: Plan, plugin_set: PluginSet, module: torch.nn.Module) -> None:
+    root = plan.root
+    strategy = None if root.claim is None else plugin_set.strategies[root.claim.strategy]
+    if strategy is None or strategy.family != "torchscript":
+        raise PlanError(
+            "freeze=True needs a TorchScript root, but the root "
+            + ("stays in Python" if strategy is None else f"is claimed {strategy.name!r}")
+            + ": claim it 'script' or 'trace' (root_strategy=, ts.script(), a Rule with path='')",
+            path="",
+            strategy=None if root.claim is None else root.claim.strategy,
+            claimant=None if root.claim is None else root.claim.claimant,
+        )
+    if module.training:
+        raise PlanError(
+            "freeze=True needs a model in eval mode (torch.jit.freeze folds parameters into "
+            "constants for inference): call model.eval() first",
+            path="",
+            strategy=root.claim.strategy,
+            claimant=root.claim.claimant,
+        )
 
 
 def _caller_inputs(inputs: Mapping[str, Any] | None, plan: Plan) -> dict[str, TracingInputs]:
@@ -294,6 +324,11 @@ class _Run:
                 modules=self.modules,
             )
         result = self._build(self.plan.root)
+        if self.options.freeze:
+            start = time.perf_counter()
+            with torch.jit.optimized_execution(True):
+                result = torch.jit.freeze(result)
+            log.debug("froze the root in %.1f ms", (time.perf_counter() - start) * 1e3)
         if self.recording is not None and self.options.verify and id(root) in self.touched:
             self._verify_root(result)
         if self.options.in_place:
@@ -452,7 +487,7 @@ class _Run:
             raise
         except Exception as exc:
             raise NodeCompileError(
-                f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {_first_line(exc)}",
+                f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {first_line(exc)}",
                 path=node.path,
                 strategy=strategy.name,
                 claimant=claimant,
@@ -577,7 +612,7 @@ class _Run:
         except Exception as exc:
             raise VerificationError(
                 f"running the {which} module on its tracing inputs raised "
-                f"{type(exc).__name__}: {_first_line(exc)}",
+                f"{type(exc).__name__}: {first_line(exc)}",
                 path=node.path,
                 strategy=strategy.name,
                 claimant=None if node.claim is None else node.claim.claimant,
@@ -591,7 +626,7 @@ class _Run:
             actual = compiled(*snapshot(self.example_args))
         except Exception as exc:
             raise VerificationError(
-                f"the compiled model raised {type(exc).__name__} on example_inputs: {_first_line(exc)}",
+                f"the compiled model raised {type(exc).__name__} on example_inputs: {first_line(exc)}",
                 path="",
                 strategy=None if claim is None else claim.strategy,
                 claimant=None if claim is None else claim.claimant,
@@ -655,11 +690,10 @@ class _Run:
             if any(a.error_type for a in o.attempts)
         ]
         if fell:
-            warnings.warn(
+            warn(
                 f"{len(fell)} node(s) fell back after their strategy failed: {'; '.join(fell)}. "
                 "See CompileResult.fallbacks or the plan for the errors.",
                 TorchstitchWarning,
-                stacklevel=3,
             )
 
 
@@ -678,8 +712,3 @@ def _make_shell(module: torch.nn.Module) -> torch.nn.Module:
     state["_buffers"] = dict(module._buffers)
     state["_non_persistent_buffers_set"] = set(module._non_persistent_buffers_set)
     return shell
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"

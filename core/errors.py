@@ -16,7 +16,14 @@ __all__ = [
     "TorchstitchWarning",
     "TorchScriptDeprecationWarning",
     "display_path",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line summaries."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
 
 
 def display_path(path: str) -> str:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .claims import Claim
     from .ir import Node
+    from .serialization import ArtifactFormat
     from .strategy import CompileContext, Strategy
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -102,6 +103,22 @@ def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy)
     (parameters, buffers, an ``fx.Graph``) must not be mutated in place.
     Return a replacement module or ``None`` to keep it.  Implementations are
     chained: each sees the result of the one before.
+    """
+
+
+# --------------------------------------------------------------------------
+# artifacts
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def torchstitch_artifact_formats() -> list[ArtifactFormat]:
+    """Return the :class:`~torchstitch.ArtifactFormat` objects this plugin provides.
+
+    All results are collected; ``torchstitch.save`` picks the one named by
+    ``format=`` (or the first that accepts the compiled root) and
+    ``torchstitch.load`` the one recorded in the file's metadata.  When two
+    plugins offer the same name, the first registered wins.
     """
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import TracingInputsError
+from .errors import TracingInputsError, first_line
 from .strategy import TracingInputs
 
 __all__ = [
@@ -208,11 +208,12 @@ def record(
             handles.append(module.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
             handles.append(module.register_forward_hook(post_hook(path), with_kwargs=True))
         try:
-            root_output = root(*args)
+            # a private copy: a forward that mutates its inputs must not change the caller's
+            root_output = root(*snapshot(args))
         except Exception as exc:
             where = _deepest_module_in_traceback(exc, modules)
             raise TracingInputsError(
-                f"the eager run on example_inputs raised {type(exc).__name__}: {_first_line(exc)}",
+                f"the eager run on example_inputs raised {type(exc).__name__}: {first_line(exc)}",
                 path=where,
             ) from exc
     finally:
@@ -233,11 +234,6 @@ def _deepest_module_in_traceback(exc: BaseException, modules: Mapping[str, torch
             deepest = by_id[id(owner)]
         tb = tb.tb_next
     return deepest
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 @contextmanager

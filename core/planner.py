@@ -6,12 +6,12 @@ Nothing is compiled, and the user's module is only read.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 
 import attrs
 import torch
 
+from ._warn import warn
 from .claims import Claim, ClaimKind, Rule
 from .errors import (
     AmbiguousClaimError,
@@ -65,7 +65,8 @@ class Planner:
     :param plugin_set: the call's plugins.
     :param rules: the caller's override rules, first match wins.
     :param root_claim: an override for the root (``script()`` / ``trace()``).
-    :param recurse: if false, only the root is claimed; everything below inherits.
+    :param recurse: if false, only the root is claimed (by rules, decorators and
+        plugins alike); everything below inherits.
     """
 
     def __init__(
@@ -81,7 +82,8 @@ class Planner:
         self.root_claim = root_claim
         self.recurse = recurse
         self._type_names: dict[type, str] = {}
-        self._rule_hits = [0] * len(self.rules)
+        self._rule_hits = [0] * len(self.rules)  # nodes where the rule decided
+        self._rule_matches = [0] * len(self.rules)  # nodes where it matched, decided or not
 
     def build(self, module: torch.nn.Module) -> PlannedTree:
         if not isinstance(module, torch.nn.Module):
@@ -93,12 +95,17 @@ class Planner:
         first_path: dict[int, str] = {}
         claims_at: dict[int, Claim | None] = {}
         root = self._visit(module, "", None, modules, first_path, claims_at)
-        for hits, rule in zip(self._rule_hits, self.rules):
-            if not hits:
-                warnings.warn(
-                    f"{rule.describe()} matched no module in {self._type_name(type(module))}",
+        for i, rule in enumerate(self.rules):
+            if not self._rule_matches[i]:
+                warn(
+                    f"rules[{i}] {rule.describe()} matched no module in {self._type_name(type(module))}",
                     TorchstitchWarning,
-                    stacklevel=4,
+                )
+            elif not self._rule_hits[i]:
+                warn(
+                    f"rules[{i}] {rule.describe()} never applies: an earlier rule matches first "
+                    "at every node it matches",
+                    TorchstitchWarning,
                 )
         return PlannedTree(Plan(root), modules)
 
@@ -180,14 +187,22 @@ class Planner:
         if path == "" and self.root_claim is not None:
             offers.append(self.root_claim)
         forced_inherit = False
-        for i, rule in enumerate(self.rules):
-            if rule.matches(module, path):
+        decided = False
+        if self.recurse or path == "":
+            for i, rule in enumerate(self.rules):
+                if decided and self._rule_matches[i]:
+                    continue  # only needed to tell "shadowed" from "matched nothing"
+                if not rule.matches(module, path):
+                    continue
+                self._rule_matches[i] += 1
+                if decided:
+                    continue
+                decided = True
                 self._rule_hits[i] += 1
                 if rule.strategy is None:
                     forced_inherit = True
                 else:
                     offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
-                break
         if self.recurse or path == "":
             for plugin, claim in self.plugins.call_all("torchstitch_claim", module=module, path=path):
                 if not isinstance(claim, Claim):

@@ -12,7 +12,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, StitchError
+from .errors import PluginError, StitchError, first_line
 from .strategy import Strategy
 
 __all__ = [
@@ -31,6 +31,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("script", "torchstitch.strategies.script"),
     ("trace", "torchstitch.strategies.trace"),
     ("unsupported", "torchstitch.strategies.unsupported"),
+    ("format.torchscript", "torchstitch.strategies.torchscript_format"),
     # registered in reverse order of precedence: pluggy calls the latest registered first
     ("inputs.recorded", "torchstitch.strategies.inputs:RecordedInputs"),
     ("inputs.method", "torchstitch.strategies.inputs:MakeTracingInputs"),
@@ -129,7 +130,9 @@ class PluginSet:
         self.strategies: dict[str, Strategy] = {}
         #: strategy name -> name of the plugin that provides it
         self.providers: dict[str, str] = {}
-        for plugin, result in self.call_all("torchstitch_strategies"):
+        # registration order (pluggy calls newest first): a later plugin re-using a
+        # strategy name is the one blamed
+        for plugin, result in reversed(self.call_all("torchstitch_strategies")):
             if not isinstance(result, (list, tuple)) or not all(isinstance(s, Strategy) for s in result):
                 raise PluginError(
                     f"must return a list of torchstitch.Strategy, got {result!r}",
@@ -184,9 +187,10 @@ class PluginSet:
             raise  # a plugin's deliberate, already explained error
         except Exception as exc:
             raise PluginError(
-                f"raised {type(exc).__name__}: {_first_line(exc)}",
+                f"raised {type(exc).__name__}: {first_line(exc)}",
                 plugin=impl.plugin_name,
                 hook=hook_name,
+                path=_path_of(kwargs),
             ) from exc
 
     def call_all(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
@@ -205,9 +209,10 @@ class PluginSet:
         except Exception as exc:
             assert impl is not None
             raise PluginError(
-                f"raised {type(exc).__name__}: {_first_line(exc)}",
+                f"raised {type(exc).__name__}: {first_line(exc)}",
                 plugin=impl.plugin_name,
                 hook=hook_name,
+                path=_path_of(kwargs),
             ) from exc
         return results
 
@@ -234,12 +239,14 @@ class PluginSet:
                     f"got {type(result).__name__}",
                     plugin=impl.plugin_name,
                     hook=hook_name,
-                    path=getattr(kwargs.get("node"), "path", None),
+                    path=_path_of(kwargs),
                 )
             value = result
         return value
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"
+def _path_of(kwargs: Mapping[str, Any]) -> str | None:
+    """The node path a hook call is about, for error messages (``None`` if none)."""
+    if "path" in kwargs:
+        return kwargs["path"]
+    return getattr(kwargs.get("node"), "path", None)

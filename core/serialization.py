@@ -1,37 +1,66 @@
-"""Saving and loading artifacts, with the plan embedded as metadata."""
+"""Saving and loading artifacts, with the plan embedded as metadata.
+
+Artifact formats are plugins (hook ``torchstitch_artifact_formats``): the
+built-in ``torchscript`` format lives in ``strategies/torchscript_format.py``;
+plugins add others (``export``, ``aoti``).  Every format stores two JSON
+documents beside the model: the plan and a small metadata record.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
-from .deprecation import report_torchscript_deprecations
-from .errors import ArtifactError
+from .errors import ArtifactError, first_line
 from .ir import Plan
+from .plugin_manager import PluginSet
 
 if TYPE_CHECKING:
     from .engine import CompileResult
 
-__all__ = ["Artifact", "save", "load"]
+__all__ = ["Artifact", "ArtifactFormat", "save", "load", "read_zip_member"]
 
+#: names of the two documents every format embeds (as zip members ending with them)
 PLAN_FILE = "torchstitch/plan.json"
 META_FILE = "torchstitch/meta.json"
-FORMATS = ("torchscript",)
+
+
+@attrs.frozen
+class ArtifactFormat:
+    """A way of writing a compiled model to disk, provided by a plugin.
+
+    ``save(module, path, extra)`` writes ``module`` and the ``extra`` documents
+    (``{PLAN_FILE: json, META_FILE: json}``); ``load(path, map_location)``
+    returns ``(module, extra)`` with whatever documents it found.
+    """
+
+    #: format name, as in ``ts.save(..., format=name)``
+    name: str
+    #: whether this format can save ``module`` (used when ``format`` is not given)
+    accepts: Callable[[torch.nn.Module], bool] = attrs.field(eq=False, repr=False)
+    #: ``save(module, path, extra) -> None``
+    save: Callable[[Any, str, dict[str, str]], None] = attrs.field(eq=False, repr=False)
+    #: ``load(path, map_location) -> (module, extra)``
+    load: Callable[[str, Any], tuple[Any, dict[str, str]]] = attrs.field(eq=False, repr=False)
+    #: one line for ``torchstitch strategies`` and error messages
+    description: str = ""
 
 
 @attrs.frozen
 class Artifact:
     """A loaded artifact: the module, and the plan it was compiled with (if it was saved)."""
 
-    #: the loaded module, ready to run
-    module: torch.nn.Module = attrs.field(eq=False, repr=False)
+    #: the loaded model, ready to run
+    module: Any = attrs.field(eq=False, repr=False)
     #: the plan embedded at save time; ``None`` for an artifact saved without one
     plan: Plan | None = attrs.field(eq=False, repr=False)
-    #: ``"torchscript"``
+    #: the artifact format's name
     format: str
     #: versions and other facts recorded at save time
     metadata: dict[str, Any] = attrs.field(factory=dict)
@@ -40,62 +69,119 @@ class Artifact:
         return self.module(*args, **kwargs)
 
 
+def formats(plugin_set: PluginSet) -> dict[str, ArtifactFormat]:
+    """Every artifact format the plugins provide, by name."""
+    from .errors import PluginError
+
+    out: dict[str, ArtifactFormat] = {}
+    for plugin, result in plugin_set.call_all("torchstitch_artifact_formats"):
+        if not isinstance(result, (list, tuple)) or not all(isinstance(f, ArtifactFormat) for f in result):
+            raise PluginError(
+                f"must return a list of torchstitch.ArtifactFormat, got {result!r}",
+                plugin=plugin,
+                hook="torchstitch_artifact_formats",
+            )
+        for fmt in result:
+            out.setdefault(fmt.name, fmt)
+    return out
+
+
+def read_zip_member(path: str, suffix: str) -> str | None:
+    """The text of the first member of zip file ``path`` whose name ends with ``suffix``."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(suffix):
+                return archive.read(name).decode()
+    return None
+
+
 def save(
     compiled: torch.nn.Module | CompileResult,
     path: str | os.PathLike[str],
     *,
     plan: Plan | None = None,
-    format: str = "torchscript",
+    format: str | None = None,
+    plugins: Iterable[object | str] | None = None,
 ) -> None:
     """Save a compiled model; its plan (from a ``CompileResult`` or ``plan=``) goes inside.
 
-    :raises ArtifactError: if the compiled root cannot be saved in ``format``
-        (a root left in Python is not a TorchScript module).
+    :param format: an artifact format name (``"torchscript"``, or one a plugin
+        adds); by default the first format that accepts the compiled root.
+    :raises ArtifactError: if no format can save the compiled root (a root left
+        in Python is not a TorchScript module), or ``format`` is unknown.
     """
     from .engine import CompileResult
 
     if isinstance(compiled, CompileResult):
         plan = compiled.plan if plan is None else plan
         compiled = compiled.module
-    if format not in FORMATS:
-        raise ArtifactError(f"unknown artifact format {format!r}; known: {', '.join(FORMATS)}")
-    if not isinstance(compiled, torch.jit.ScriptModule):
-        strategy = None if plan is None else plan.root.strategy
-        raise ArtifactError(
-            f"the compiled root is a Python {type(compiled).__module__}.{type(compiled).__qualname__}, "
-            "not a TorchScript module, so it cannot be saved as TorchScript: claim the root "
-            "'script' or 'trace' (torchstitch.script(model) / torchstitch.trace(model, inputs)) "
-            "or save the compiled submodules one by one",
-            path="",
-            strategy=strategy,
-        )
+    known = formats(PluginSet.from_plugins(plugins))
+    if format is None:
+        chosen = next((f for f in known.values() if f.accepts(compiled)), None)
+        if chosen is None:
+            strategy = None if plan is None else plan.root.strategy
+            raise ArtifactError(
+                f"no artifact format accepts the compiled root, a "
+                f"{type(compiled).__module__}.{type(compiled).__qualname__}"
+                + (" left in Python" if strategy is None else "")
+                + f" (formats: {', '.join(sorted(known))}): claim the root 'script' or 'trace' "
+                "(torchstitch.script(model) / torchstitch.trace(model, inputs)) for TorchScript",
+                path="",
+                strategy=strategy,
+            )
+    elif format in known:
+        chosen = known[format]
+        if not chosen.accepts(compiled):
+            raise ArtifactError(
+                f"format {format!r} cannot save a {type(compiled).__qualname__} ({chosen.description})",
+                path="",
+            )
+    else:
+        raise ArtifactError(f"unknown artifact format {format!r}; known: {', '.join(sorted(known))}")
     meta = {
-        "format": format,
+        "format": chosen.name,
         "torchstitch_version": _version(),
         "torch_version": torch.__version__,
     }
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
-    with report_torchscript_deprecations():
-        torch.jit.save(compiled, os.fspath(path), _extra_files=extra)
+    chosen.save(compiled, os.fspath(path), extra)
 
 
-def load(path: str | os.PathLike[str], *, map_location: Any = None) -> Artifact:
-    """Load an artifact saved by :func:`save` (or any TorchScript file, then without a plan)."""
-    extra = {PLAN_FILE: "", META_FILE: ""}
-    try:
-        with report_torchscript_deprecations():
-            module = torch.jit.load(os.fspath(path), map_location=map_location, _extra_files=extra)
-    except (RuntimeError, ValueError) as exc:
-        raise ArtifactError(f"{os.fspath(path)!r} is not a TorchScript artifact: {exc}") from exc
-    meta = json.loads(extra[META_FILE]) if extra[META_FILE] else {}
-    plan = Plan.from_json(_text(extra[PLAN_FILE])) if extra[PLAN_FILE] else None
-    return Artifact(module, plan, meta.get("format", "torchscript"), meta)
+def load(
+    path: str | os.PathLike[str],
+    *,
+    map_location: Any = None,
+    plugins: Iterable[object | str] | None = None,
+) -> Artifact:
+    """Load an artifact saved by :func:`save`, or a plain file of a known format (then without a plan).
 
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    :raises ArtifactError: if the file does not exist or no format can read it.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ArtifactError(f"no such file: {path!r}")
+    known = formats(PluginSet.from_plugins(plugins))
+    meta_text = read_zip_member(path, META_FILE)
+    meta = json.loads(meta_text) if meta_text else {}
+    if meta.get("format") in known:
+        candidates = [known[meta["format"]]]
+    else:
+        candidates = list(known.values())
+    failures = []
+    for fmt in candidates:
+        try:
+            module, extra = fmt.load(path, map_location)
+        except Exception as exc:  # each format says why it could not read the file
+            failures.append(f"{fmt.name}: {type(exc).__name__}: {first_line(exc)}")
+            continue
+        plan_text = extra.get(PLAN_FILE) or None
+        plan = Plan.from_json(plan_text) if plan_text else None
+        return Artifact(module, plan, fmt.name, meta)
+    raise ArtifactError(f"{path!r} is not an artifact any format can read ({'; '.join(failures)})")
 
 
 def _version() -> str:
