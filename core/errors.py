@@ -105,7 +105,7 @@ class VerificationError(StitchError):
     """A compiled node's outputs differ from the eager module's on the same inputs.
 
     :ivar max_abs_diff: the largest absolute difference found (``nan`` when shapes
-        or structure differ, or when NaN appeared on one side only).
+        or structure differ, or when an output holds NaN: verification cannot vouch for it).
     :ivar culprits: for a whole-model mismatch, the deepest compiled submodules
         that diverge from eager on their own inputs (:class:`torchstitch.Divergence`).
     """

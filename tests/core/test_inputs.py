@@ -1,0 +1,530 @@
+"""Tracing-input providers, their order, recording, and every way inputs can be missing or wrong."""
+
+import pytest
+import torch
+from torch import nn
+
+import torchstitch as ts
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
+PROVIDERS = ("inputs.caller", "inputs.method", "inputs.recorded")
+
+
+@ts.compile_mode("trace")
+class Probe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x))
+
+
+class ProbeWithMethod(Probe):
+    """Gives two distinct tracing inputs of its own."""
+
+    def _make_tracing_inputs(self, n):
+        return [{"forward": (torch.randn(2, 3),)}, {"forward": (torch.randn(5, 3),)}]
+
+
+class Parent(nn.Module):
+    def __init__(self, child):
+        super().__init__()
+        self.child = child
+        self.post = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.post(self.child(x))
+
+
+class CallsTwice(nn.Module):
+    def __init__(self, child, second=2.0, third=None):
+        super().__init__()
+        self.child = child
+        self.second = second
+        self.third = third
+
+    def forward(self, x):
+        out = self.child(x) + self.child(x * self.second)
+        if self.third is not None:
+            out = out + self.child(x + self.third)
+        return out
+
+
+@ts.compile_mode("trace")
+class BranchyProbe(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2.0
+        return x - 1.0
+
+
+class CallsBothSigns(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.child = BranchyProbe()
+
+    def forward(self, x):
+        return self.child(x) + self.child(-x)
+
+
+class CallsOnce(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.child = BranchyProbe()
+
+    def forward(self, x):
+        return self.child(x)
+
+
+class NeverCalls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(3, 3)
+        self.unused = Probe()
+
+    def forward(self, x):
+        return self.used(x)
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise ValueError("boom in the leaf")
+
+
+class Mid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(3, 3)
+        self.leaf = Raises()
+
+    def forward(self, x):
+        return self.leaf(self.pre(x))
+
+
+class RaisingModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = Probe()
+        self.mid = Mid()
+
+    def forward(self, x):
+        return self.mid(self.first(x))
+
+
+class BadShapeModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first = Probe()
+        self.wrong = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.wrong(self.first(x))
+
+
+@ts.compile_mode("trace")
+class NormBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.lin(x))
+
+
+class WithNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = NormBlock()
+        self.bn = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(self.block(x))
+
+
+def outcome(result, path):
+    node = result.plan[path]
+    assert node.outcome is not None, f"{path} was not compiled"
+    return node.outcome
+
+
+# --------------------------------------------------------------------------
+# provider order
+# --------------------------------------------------------------------------
+
+
+def test_caller_inputs_beat_make_tracing_inputs_and_recording():
+    model = Parent(ProbeWithMethod())
+    x = torch.randn(4, 3)
+    given = [(torch.randn(6, 3),), (torch.randn(1, 3),), (torch.randn(2, 3),)]
+    result = ts.Engine().compile(model, example_inputs=(x,), inputs={"child": given})
+    out = outcome(result, "child")
+    assert out.inputs_source == "inputs.caller"
+    assert out.n_verified == 3  # the caller's three inputs, not the method's two
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_make_tracing_inputs_beats_recording():
+    model = Parent(ProbeWithMethod())
+    x = torch.randn(4, 3)
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    out = outcome(result, "child")
+    assert out.inputs_source == "inputs.method"
+    assert out.n_verified == 2  # the method's two inputs, not the one recorded
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_make_tracing_inputs_needs_no_example_inputs():
+    model = Parent(ProbeWithMethod())
+    result = ts.Engine().compile(model)
+    assert outcome(result, "child").inputs_source == "inputs.method"
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_make_tracing_inputs_receives_n_trace_checks():
+    seen = []
+
+    class Asks(Probe):
+        def _make_tracing_inputs(self, n):
+            seen.append(n)
+            return [{"forward": (torch.randn(2, 3),)} for _ in range(n)]
+
+    model = Parent(Asks())
+    result = ts.Engine(n_trace_checks=3).compile(model)
+    assert seen == [3]
+    assert outcome(result, "child").n_verified == 3
+
+
+def test_recorded_inputs_when_nothing_else():
+    model = Parent(Probe())
+    x = torch.randn(4, 3)
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    out = outcome(result, "child")
+    assert out.inputs_source == "inputs.recorded"
+    assert out.n_verified == 1
+    assert isinstance(result.module.child, torch.jit.ScriptModule)
+    torch.testing.assert_close(result.module(x), model(x))
+    y = torch.randn(2, 3)
+    torch.testing.assert_close(result.module(y), model(y))
+
+
+# --------------------------------------------------------------------------
+# inputs= forms
+# --------------------------------------------------------------------------
+
+
+def _forms():
+    a, b = torch.randn(2, 3), torch.randn(5, 3)
+    return [
+        pytest.param((a,), 1, id="args-tuple"),
+        pytest.param(a, 1, id="tensor"),
+        pytest.param({"forward": (a,)}, 1, id="method-dict"),
+        pytest.param([(a,), (b,)], 2, id="list-of-tuples"),
+        pytest.param([{"forward": (a,)}, {"forward": (b,)}], 2, id="list-of-dicts"),
+        pytest.param([(a,), {"forward": (b,)}], 2, id="list-mixed"),
+    ]
+
+
+@pytest.mark.parametrize(("given", "count"), _forms())
+def test_inputs_forms_accepted(watch, given, count):
+    model = Parent(Probe())
+    check = watch(model)
+    result = ts.Engine().compile(model, inputs={"child": given})
+    check()
+    out = outcome(result, "child")
+    assert out.inputs_source == "inputs.caller"
+    assert out.n_verified == count
+    x = torch.randn(3, 3)
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_inputs_for_unknown_path_is_plan_error(watch):
+    model = Parent(Probe())
+    check = watch(model)
+    with pytest.raises(ts.PlanError) as info:
+        ts.compile(model, inputs={"chlid": (torch.randn(2, 3),)})
+    assert "'chlid'" in str(info.value)
+    check()
+
+
+def test_inputs_of_wrong_form_is_tracing_inputs_error(watch):
+    model = Parent(Probe())
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, inputs={"child": "not inputs"})
+    assert info.value.path == "child"
+    assert "'child'" in str(info.value)
+    check()
+
+
+# --------------------------------------------------------------------------
+# recording
+# --------------------------------------------------------------------------
+
+
+def test_recording_keeps_two_distinct_calls_by_default():
+    model = CallsTwice(Probe(), third=5.0)  # three distinct calls; limit max(2, 1) = 2
+    x = torch.randn(4, 3)
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    out = outcome(result, "child")
+    assert out.inputs_source == "inputs.recorded"
+    assert out.n_verified == 2
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_recording_keeps_up_to_n_trace_checks_calls():
+    model = CallsTwice(Probe(), third=5.0)
+    x = torch.randn(4, 3)
+    result = ts.Engine(n_trace_checks=3).compile(model, example_inputs=(x,))
+    assert outcome(result, "child").n_verified == 3
+    result = ts.Engine(n_trace_checks=5).compile(model, example_inputs=(x,))
+    assert outcome(result, "child").n_verified == 3  # only three distinct calls exist
+
+
+def test_recording_drops_repeated_identical_calls():
+    model = CallsTwice(Probe(), second=1.0)  # child(x) twice with the same input
+    x = torch.randn(4, 3)
+    result = ts.Engine(n_trace_checks=3).compile(model, example_inputs=(x,))
+    assert outcome(result, "child").n_verified == 1
+
+
+def test_traced_branch_caught_when_recording_sees_both_branches(watch):
+    model = CallsBothSigns()
+    check = watch(model)
+    x = torch.rand(4, 3) + 0.1
+    with pytest.raises(ts.VerificationError) as info:
+        ts.compile(model, example_inputs=(x,))
+    err = info.value
+    assert err.path == "child"
+    assert "'child'" in str(err)
+    assert err.strategy == "trace"
+    assert err.max_abs_diff > 0 and err.max_abs_diff == err.max_abs_diff  # finite, not NaN
+    check()
+
+
+def test_traced_branch_not_caught_from_a_single_call():
+    """The contrast: one recorded call cannot reveal the frozen branch."""
+    model = CallsOnce()
+    x = torch.rand(4, 3) + 0.1
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    assert outcome(result, "child").n_verified == 1
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+# --------------------------------------------------------------------------
+# missing inputs
+# --------------------------------------------------------------------------
+
+
+def test_no_provider_names_path_and_every_provider(watch):
+    model = Parent(Probe())
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model)
+    err = info.value
+    text = str(err)
+    assert err.path == "child"
+    assert "'child'" in text
+    assert err.strategy == "trace"
+    positions = [text.index(p) for p in PROVIDERS]
+    assert positions == sorted(positions), "providers not listed in the order asked"
+    assert "example_inputs" in text
+    assert "inputs=" in text
+    assert "_make_tracing_inputs" in text
+    check()
+
+
+def test_trace_node_never_reached_by_recording(watch):
+    model = NeverCalls()
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),))
+    err = info.value
+    assert err.path == "unused"
+    assert "'unused'" in str(err)
+    assert "never called" in str(err)
+    for provider in PROVIDERS:
+        assert provider in str(err)
+    check()
+
+
+# --------------------------------------------------------------------------
+# malformed _make_tracing_inputs
+# --------------------------------------------------------------------------
+
+
+def _bad_method_outputs():
+    x = torch.randn(2, 3)
+    return [
+        pytest.param(lambda: ({"forward": (x,)},), "tuple", id="tuple-not-list"),
+        pytest.param(lambda: {"forward": (x,)}, "dict", id="dict-not-list"),
+        pytest.param(lambda: [], "empty", id="empty-list"),
+        pytest.param(lambda: [{"forward": x}], "Tensor", id="tensor-not-tuple"),
+        pytest.param(lambda: [{"forward": [x]}], "list", id="list-not-tuple"),
+        pytest.param(lambda: [(x,)], "tuple", id="item-not-dict"),
+        pytest.param(lambda: [{"nope": (x,)}], "nope", id="unknown-method"),
+    ]
+
+
+@pytest.mark.parametrize(("make", "mentions"), _bad_method_outputs())
+def test_malformed_make_tracing_inputs(watch, make, mentions):
+    class Malformed(Probe):
+        def _make_tracing_inputs(self, n):
+            return make()
+
+    model = Parent(Malformed())
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),))
+    err = info.value
+    assert err.path == "child"
+    assert "'child'" in str(err)
+    assert "inputs.method" in str(err)
+    assert mentions in str(err)
+    check()
+
+
+# --------------------------------------------------------------------------
+# example_inputs
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [(), (torch.randn(2, 3), torch.randn(2, 3))], ids=["none", "two"])
+def test_example_inputs_of_wrong_arity(watch, args):
+    model = Parent(Probe())
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, example_inputs=args)
+    assert info.value.path == ""
+    assert "'<root>'" in str(info.value)
+    check()
+
+
+@pytest.mark.parametrize("bad", ["a string", 3, {"x": torch.randn(2, 3)}])
+def test_example_inputs_of_wrong_type(watch, bad):
+    model = Parent(Probe())
+    check = watch(model)
+    with pytest.raises(TypeError, match="example_inputs"):
+        ts.compile(model, example_inputs=bad)
+    check()
+
+
+def test_example_inputs_single_tensor_accepted():
+    model = Parent(Probe())
+    x = torch.randn(4, 3)
+    result = ts.Engine().compile(model, example_inputs=x)
+    assert outcome(result, "child").inputs_source == "inputs.recorded"
+    torch.testing.assert_close(result.module(x), model(x))
+
+
+def test_forward_raising_during_recording_names_deepest_module(watch):
+    model = RaisingModel()
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),))
+    err = info.value
+    assert err.path == "mid.leaf"
+    assert "'mid.leaf'" in str(err)
+    assert isinstance(err.__cause__, ValueError)
+    assert "boom in the leaf" in str(err)
+    check()
+
+
+def test_torch_error_during_recording_names_the_module(watch):
+    model = BadShapeModel()
+    check = watch(model)
+    with pytest.raises(ts.TracingInputsError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),))
+    assert info.value.path == "wrong"
+    assert "'wrong'" in str(info.value)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    check()
+
+
+# --------------------------------------------------------------------------
+# buffers
+# --------------------------------------------------------------------------
+
+
+def test_batchnorm_running_stats_restored_after_compile(watch):
+    model = WithNorm().train()
+    x = torch.randn(8, 3) * 3.0 + 2.0
+    check = watch(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = ts.Engine(n_trace_checks=2).compile(model, example_inputs=(x,))
+    check()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert model.block.bn.num_batches_tracked.item() == 0
+    assert outcome(result, "block").inputs_source == "inputs.recorded"
+
+    # the check above can fail: an eager run in training mode does change the stats
+    model(x)
+    assert not torch.equal(model.bn.running_mean, before["bn.running_mean"])
+    assert not torch.equal(model.block.bn.running_mean, before["block.bn.running_mean"])
+
+
+def test_batchnorm_compiled_output_matches_eager_in_eval():
+    model = WithNorm().eval()
+    x = torch.randn(8, 3)
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    torch.testing.assert_close(result.module(x), model(x))
+    # compiled child shares the user's buffers
+    assert result.module.block.bn.running_mean.data_ptr() == model.block.bn.running_mean.data_ptr()
+
+
+@ts.compile_mode("trace")
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class MutatesInput(nn.Module):
+    """Updates its input in place (legal in torch); compiled children are plain."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = Scale()
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.t(x)
+
+
+def test_recording_does_not_mutate_example_inputs(watch):
+    """The recording run must work on copies: the caller's tensors stay as they were, and a
+    correct compile of an input-mutating model verifies against eager on the same values."""
+    model = MutatesInput()
+    check = watch(model)
+    x = torch.ones(2, 3)
+    result = ts.Engine().compile(model, example_inputs=(x,))
+    check()
+    torch.testing.assert_close(x, torch.ones(2, 3))
+    assert outcome(result, "t").inputs_source == "inputs.recorded"
+    torch.testing.assert_close(result.module(torch.ones(2, 3)), model(torch.ones(2, 3)))
+
+
+def test_buffers_restored_after_failed_compile(watch):
+    @ts.compile_mode("script")
+    class Bad(nn.Module):
+        def forward(self, x):
+            f = lambda t: t + 1.0  # noqa: E731
+            return f(x)
+
+    model = WithNorm().train()
+    model.bad = Bad()  # registered after block and bn: compiled last, after block's trace
+    check = watch(model)
+    with pytest.raises(ts.NodeCompileError) as info:
+        ts.compile(model, example_inputs=(torch.randn(8, 3) + 2.0,))
+    assert info.value.path == "bad"
+    check()
