@@ -23,13 +23,14 @@ def plan(
     rules: Sequence[Rule] = (),
     recurse: bool = True,
     plugins: Iterable[object | str] | None = None,
+    target: str | None = None,
 ) -> Plan:
     """Resolve every node's claim and validate the plan; compile nothing.
 
     ``example_inputs`` and ``inputs`` are checked (arity is not: that needs a run)
     so a later :func:`compile` with the same arguments fails no earlier than here.
     """
-    engine = Engine(rules=rules, recurse=recurse, plugins=plugins)
+    engine = Engine(rules=rules, recurse=recurse, plugins=plugins, target=target)
     return engine.plan(module, example_inputs=example_inputs, inputs=inputs)
 
 
@@ -48,6 +49,7 @@ def compile(
     on_error: str = "raise",
     plugins: Iterable[object | str] | None = None,
     freeze: bool = False,
+    target: str | None = None,
 ) -> torch.nn.Module:
     """Compile ``module`` piece by piece and return the stitched model.
 
@@ -72,6 +74,8 @@ def compile(
     :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
     :param freeze: ``torch.jit.freeze`` the TorchScript root for inference (needs
         ``model.eval()``; the frozen model holds its own copy of the weights).
+    :param target: compile every claimed node for this artifact family (e.g.
+        ``"export"``, from the export plugin) instead of the family claimed.
     """
     engine = Engine(
         rules=rules,
@@ -84,6 +88,7 @@ def compile(
         verify=verify,
         on_error=on_error,
         freeze=freeze,
+        target=target,
     )
     return engine.compile(module, example_inputs=example_inputs, inputs=inputs).module
 

@@ -97,6 +97,10 @@ class CompileOptions:
     #: ``torch.jit.freeze`` the compiled TorchScript root (inference artifacts; weights are
     #: folded into the graph, so the result no longer shares storage with the input)
     freeze: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: an artifact family (``"export"``) every compiled node is retargeted to; ``None``: as claimed
+    target: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
 
     def for_strategy(self, name: str) -> Mapping[str, Any]:
         return self.strategy_options.get(name, {})
@@ -166,6 +170,7 @@ class Engine:
         atol: float | None = None,
         rtol: float | None = None,
         freeze: bool = False,
+        target: str | None = None,
     ) -> None:
         per_strategy = {k: _options_dict(v) for k, v in _options_dict(strategy_options).items()}
         if script_options is not None:
@@ -185,6 +190,7 @@ class Engine:
             on_error=on_error,
             tolerance=Tolerance(atol, rtol),
             freeze=freeze,
+            target=target,
         )
 
     def plan(
@@ -241,7 +247,13 @@ class Engine:
             root_claim = Claim(root_claim, ClaimKind.OVERRIDE, "root_strategy=", "forced by the caller")
         elif root_claim is not None and not isinstance(root_claim, Claim):
             raise TypeError(f"root_strategy must be a strategy name or a Claim, got {root_claim!r}")
-        planner = Planner(plugin_set, self.options.rules, root_claim=root_claim, recurse=self.options.recurse)
+        planner = Planner(
+            plugin_set,
+            self.options.rules,
+            root_claim=root_claim,
+            recurse=self.options.recurse,
+            target=self.options.target,
+        )
         return planner.build(module)
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "record",
     "preserved_buffers",
     "snapshot",
+    "to_module",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,44 @@ def snapshot(value: Any) -> Any:
         return [snapshot(v) for v in value]
     if isinstance(value, dict):
         return {k: snapshot(v) for k, v in value.items()}
+    return value
+
+
+def to_module(value: Any, module: torch.nn.Module) -> Any:
+    """``value`` with tensors moved to ``module``'s device and floating tensors cast to its
+    floating dtype (what e3nn does with ``_make_tracing_inputs`` results).
+
+    The device and dtype are those of the module's first parameter or buffer
+    (the first floating one for the dtype); a module without tensors changes nothing.
+    """
+    device = dtype = None
+    for tensor in _tensors_of(module):
+        device = device or tensor.device
+        if dtype is None and tensor.is_floating_point():
+            dtype = tensor.dtype
+        if device is not None and dtype is not None:
+            break
+    if device is None:
+        return value
+    return _cast(value, device, dtype)
+
+
+def _tensors_of(module: torch.nn.Module):
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def _cast(value: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    if isinstance(value, torch.Tensor):
+        if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+            return value.to(device=device, dtype=dtype)
+        return value.to(device=device)
+    if isinstance(value, tuple):
+        return tuple(_cast(v, device, dtype) for v in value)
+    if isinstance(value, list):
+        return [_cast(v, device, dtype) for v in value]
+    if isinstance(value, dict):
+        return {k: _cast(v, device, dtype) for k, v in value.items()}
     return value
 
 

@@ -67,6 +67,9 @@ class Planner:
     :param root_claim: an override for the root (``script()`` / ``trace()``).
     :param recurse: if false, only the root is claimed (by rules, decorators and
         plugins alike); everything below inherits.
+    :param target: an artifact family (``"export"``): every claim for a compiling
+        strategy of another family is replaced by a strategy of the target family
+        that declares it ``replaces`` it; nodes with no replacement are a PlanError.
     """
 
     def __init__(
@@ -76,8 +79,18 @@ class Planner:
         *,
         root_claim: Claim | None = None,
         recurse: bool = True,
+        target: str | None = None,
     ) -> None:
         self.plugins = plugin_set
+        self.target = target
+        if target is not None:
+            families = sorted({s.family for s in plugin_set.strategies.values()})
+            if target not in families:
+                raise PlanError(
+                    f"unknown target {target!r}; the registered strategies produce: "
+                    f"{', '.join(map(repr, families))}"
+                )
+        self._untargetable: list[tuple[str, Claim]] = []
         self.rules = check_rules(rules, plugin_set)
         self.root_claim = root_claim
         self.recurse = recurse
@@ -95,6 +108,8 @@ class Planner:
         first_path: dict[int, str] = {}
         claims_at: dict[int, Claim | None] = {}
         root = self._visit(module, "", None, modules, first_path, claims_at)
+        if self._untargetable:
+            self._raise_untargetable()
         for i, rule in enumerate(self.rules):
             if not self._rule_matches[i]:
                 warn(
@@ -122,6 +137,8 @@ class Planner:
     ) -> Node:
         modules[path] = module
         offers, claim = self._resolve(module, path)
+        if claim is not None and self.target is not None:
+            claim = self._retarget(path, claim)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
         if strategy is not None and region is not None:
             self._check_containment(module, path, claim, strategy, region)
@@ -247,6 +264,38 @@ class Planner:
                 claimant=winner.claimant,
             )
         return offered, winner
+
+    def _retarget(self, path: str, claim: Claim) -> Claim:
+        strategy = self.plugins.strategies[claim.strategy]
+        if not strategy.compiles or strategy.family == self.target:
+            return claim
+        for name in sorted(self.plugins.strategies):
+            candidate = self.plugins.strategies[name]
+            if candidate.family == self.target and claim.strategy in candidate.replaces:
+                reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
+                return attrs.evolve(
+                    claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason
+                )
+        self._untargetable.append((path, claim))
+        return claim
+
+    def _raise_untargetable(self) -> None:
+        stand_ins = [
+            f"{s.name} (replaces {', '.join(sorted(s.replaces)) or 'nothing'})"
+            for s in self.plugins.strategies.values()
+            if s.family == self.target
+        ]
+        lines = [f"{display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable]
+        first_path, first_claim = self._untargetable[0]
+        raise PlanError(
+            f"{len(lines)} node(s) cannot go to target {self.target!r}: " + "; ".join(lines) + ". "
+            f"Target strategies: {', '.join(stand_ins)}. A {first_claim.strategy!r} claim usually "
+            "marks data-dependent control flow: rewrite it with torch.cond, claim it 'unsupported' "
+            "to keep it in Python outside the compiled regions, or override it with a Rule",
+            path=first_path,
+            strategy=first_claim.strategy,
+            claimant=first_claim.claimant,
+        )
 
     def _check_containment(
         self,

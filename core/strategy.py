@@ -51,6 +51,9 @@ class Strategy:
     compiles: bool = True
     #: error raised at plan time when a parent cannot contain this strategy's family
     containment_error: type[StitchError] = PlanError
+    #: strategies this one stands in for when its family is the compile ``target``
+    #: (``export`` replaces ``trace``: one annotated model, several targets)
+    replaces: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
 

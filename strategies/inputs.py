@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..core.hookspecs import hookimpl
+from ..core.inputs import to_module
 from ..core.ir import Node
 from ..core.strategy import CompileContext, TracingInputs
 
@@ -21,13 +22,19 @@ class CallerInputs:
 
 
 class MakeTracingInputs:
-    """The module's own ``_make_tracing_inputs(n)`` method (instance attribute or class)."""
+    """The module's own ``_make_tracing_inputs(n)`` method (instance attribute or class).
+
+    As in e3nn, tensors are moved to the module's device and floating tensors
+    cast to its floating dtype (integer index tensors keep theirs).
+    """
 
     @hookimpl(tryfirst=True)
     def torchstitch_tracing_inputs(self, module: torch.nn.Module, n: int) -> TracingInputs | None:
         # Test the type first: a miss on the instance goes through nn.Module.__getattr__ (slow).
         if MAKE_TRACING_INPUTS in module.__dict__ or hasattr(type(module), MAKE_TRACING_INPUTS):
-            return getattr(module, MAKE_TRACING_INPUTS)(n)
+            made = getattr(module, MAKE_TRACING_INPUTS)(n)
+            # malformed answers are reported by the engine; only cast well-formed lists
+            return to_module(made, module) if isinstance(made, list) else made
         return None
 
 

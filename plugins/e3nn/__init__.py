@@ -3,6 +3,19 @@
 Registered through the ``torchstitch`` entry-point group.  It never imports
 e3nn itself: every hook first checks that e3nn is already imported (a model
 holding e3nn modules implies it), so without e3nn the plugin does nothing.
+The drop-in for ``e3nn.util.jit`` is :mod:`torchstitch.plugins.e3nn.jit`.
+
+e3nn's optimization defaults (``e3nn.get_optimization_defaults()``) need no
+handling here.  In e3nn 0.6.0 they are read only when a module is *built*
+(``jit_mode`` decides whether ``CodeGenMixin`` scripts its generated
+``fx.GraphModule``s and whether ``SphericalHarmonics`` scripts or
+``torch.compile``s its kernel; ``specialized_code`` / ``optimize_einsums`` shape
+the generated code), never while a built module is compiled or run.  With
+torch >= 2.10 e3nn defaults to ``jit_mode="eager"``, so generated code reaches
+torchstitch as ``fx.GraphModule``s, which this plugin claims ``script`` (kind
+``rule``) and makes scriptable with ``opt_einsum_fx.jitable`` on a private copy
+of the graph; under ``jit_mode="script"`` it arrives already scripted and the
+planner treats it as a compiled leaf.  So compiling never changes the flags.
 """
 
 from __future__ import annotations
@@ -40,13 +53,9 @@ def torchstitch_claim(module: torch.nn.Module) -> Claim | None:
             owner = next(k for k in cls.__mro__ if E3NN_MODE_ATTR in k.__dict__)
             where = f"{owner.__module__}.{owner.__qualname__}"
     if mode is not None:
-        return Claim(
-            mode, ClaimKind.ATTRIBUTE, "plugin e3nn", f"{E3NN_MODE_ATTR}={mode!r} on {where}"
-        )
+        return Claim(mode, ClaimKind.ATTRIBUTE, "plugin e3nn", f"{E3NN_MODE_ATTR}={mode!r} on {where}")
     if isinstance(module, torch.fx.GraphModule) and _e3nn_loaded():
-        return Claim(
-            "script", ClaimKind.RULE, "plugin e3nn", "e3nn scripts torch.fx.GraphModule code"
-        )
+        return Claim("script", ClaimKind.RULE, "plugin e3nn", "e3nn scripts torch.fx.GraphModule code")
     return None
 
 
@@ -62,19 +71,21 @@ def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs
 
     try:
         irreps_in, _ = _argtools._get_io_irreps(module, irreps_out=[None])
+        # _rand_args raises ValueError for an argument that is not Irreps or
+        # "cartesian_points" (irreps_in=[Irreps("1o"), None] for an index tensor, say)
+        inputs = [{"forward": tuple(_argtools._rand_args(irreps_in))} for _ in range(n)]
     except (ValueError, TypeError) as exc:
-        log.debug("e3nn could not infer irreps_in of %s: %s", cls.__qualname__, exc)
+        # not ours to fail: the engine's TracingInputsError names the path and
+        # suggests example_inputs=, inputs= and _make_tracing_inputs
+        log.debug("e3nn could not infer tracing inputs of %s: %s", cls.__qualname__, exc)
         return None
-    inputs = [{"forward": tuple(_argtools._rand_args(irreps_in))} for _ in range(n)]
     return _argtools._to_device_dtype(
         inputs, _argtools._get_device(module), _argtools._get_floating_dtype(module)
     )
 
 
 @hookimpl
-def torchstitch_prepare(
-    module: torch.nn.Module, node: Node, strategy: Strategy
-) -> torch.nn.Module | None:
+def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy) -> torch.nn.Module | None:
     """Make e3nn's fx-generated code scriptable, as ``e3nn.util.jit`` does before scripting."""
     if strategy.family != "torchscript" or not isinstance(module, torch.fx.GraphModule):
         return None

@@ -72,8 +72,8 @@ class Plain(nn.Module):
 @ts.compile_mode("trace")
 class WarnsUser(nn.Module):
     def forward(self, x):
-        warnings.warn("a user warning from forward", UserWarning)
-        warnings.warn("a user deprecation from forward", DeprecationWarning)
+        warnings.warn("a user warning from forward", UserWarning, stacklevel=2)
+        warnings.warn("a user deprecation from forward", DeprecationWarning, stacklevel=2)
         return x * 2.0
 
 
@@ -111,8 +111,7 @@ def torch_jit(record):
     return [
         w
         for w in record
-        if issubclass(w.category, DeprecationWarning)
-        and TORCH_JIT_DEPRECATION.search(str(w.message))
+        if issubclass(w.category, DeprecationWarning) and TORCH_JIT_DEPRECATION.search(str(w.message))
     ]
 
 

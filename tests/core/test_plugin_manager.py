@@ -349,7 +349,9 @@ class TestFaultIsolation:
         assert f"Plugin {err.plugin!r}" in text  # both providers are named
         assert f"strategy 'script' is already provided by plugin {other!r}" in text
         # blocking the built-in lets the replacement in
-        plan = ts.plan(_model(), rules=[ts.Rule("script", path="layers.0")], plugins=[DuplicateScript(), "no:script"])
+        plan = ts.plan(
+            _model(), rules=[ts.Rule("script", path="layers.0")], plugins=[DuplicateScript(), "no:script"]
+        )
         assert plan["layers.0"].strategy == "script"
 
     def test_prepare_returning_non_module(self, watch):
