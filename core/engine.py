@@ -327,11 +327,12 @@ class _Run:
 
     def execute(self) -> torch.nn.Module:
         root = self.modules[""]
-        if self.example_args is not None and (self.options.verify or self._recording_targets()):
+        targets = self._recording_targets()
+        if self.example_args is not None and (self.options.verify or targets):
             self.recording = record(
                 root,
                 self.example_args,
-                self._recording_targets(),
+                targets,
                 limit=max(2, self.options.n_trace_checks),
                 modules=self.modules,
             )

@@ -27,7 +27,7 @@ class Divergence:
     detail: str
 
     def __str__(self) -> str:
-        return f"{display_path(self.path)}: {self.detail} (max |Δ| {self.max_abs_diff:.3g})"
+        return f"{display_path(self.path)}: {self.detail}"
 
 
 def _counterpart(compiled: torch.nn.Module, path: str) -> torch.nn.Module | None:
