@@ -230,14 +230,24 @@ class Plan:
             raise ValueError(f"not a torchstitch plan (version {PLAN_FORMAT_VERSION}) JSON")
         return cls(Node.from_dict(data["root"]))
 
-    def render(self) -> str:
-        """A text tree, one line per node: name, type, strategy, claim and outcome."""
+    def render(self, *, color: bool = False) -> str:
+        """A text tree, one line per node: name, type, strategy, claim and outcome.
+
+        :param color: colour each node's strategy with ANSI escapes (by strategy,
+            as in :meth:`to_dot`); for terminals only (see
+            :func:`torchstitch.core.render.stream_wants_color`).
+        """
+        from .render import ansi
+
         lines: list[str] = []
 
         def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
             label = "<root>" if top else node.name
             branch = "" if top else ("└── " if last else "├── ")
-            line = f"{prefix}{branch}{label} ({node.type_name}): {node.describe()}"
+            describe = node.describe()
+            if color:
+                describe = ansi(describe, node.strategy)
+            line = f"{prefix}{branch}{label} ({node.type_name}): {describe}"
             if node.outcome is not None:
                 line += f" — {_describe_outcome(node.outcome)}"
             lines.append(line)
@@ -247,6 +257,15 @@ class Plan:
 
         visit(self.root, "", True, True)
         return "\n".join(lines)
+
+    def to_dot(self, *, name: str = "plan") -> str:
+        """Graphviz DOT source: one box per node, filled by strategy (``dot -Tsvg`` draws it).
+
+        :param name: the graph's name.
+        """
+        from .render import plan_to_dot
+
+        return plan_to_dot(self, name=name)
 
     def __str__(self) -> str:
         return self.render()

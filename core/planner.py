@@ -221,7 +221,7 @@ class Planner:
                 else:
                     offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
         if self.recurse or path == "":
-            for plugin, claim in self.plugins.call_all("torchstitch_claim", module=module, path=path):
+            for plugin, claim in self.plugins.claims(module, path):
                 if not isinstance(claim, Claim):
                     raise PluginError(
                         f"must return a torchstitch.Claim or None, got {claim!r}",

@@ -126,6 +126,7 @@ class PluginSet:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
+        self._claimers: list[tuple[pluggy.HookImpl, Any, tuple[str, ...]]] | None = None
         #: strategy name -> Strategy
         self.strategies: dict[str, Strategy] = {}
         #: strategy name -> name of the plugin that provides it
@@ -213,6 +214,39 @@ class PluginSet:
                 plugin=impl.plugin_name,
                 hook=hook_name,
                 path=_path_of(kwargs),
+            ) from exc
+        return results
+
+    def claims(self, module: Any, path: str) -> list[tuple[str, Any]]:
+        """``call_all("torchstitch_claim", module=module, path=path)``, specialised: it runs
+        once per module of the tree, so planning cost is mostly this loop."""
+        claimers = self._claimers
+        if claimers is None:
+            claimers = self._claimers = [
+                (impl, impl.function, impl.argnames) for impl in self._impls("torchstitch_claim")
+            ]
+        results = []
+        impl = None
+        try:
+            for impl, function, argnames in claimers:
+                if argnames == ("module",):
+                    result = function(module)
+                elif argnames == ("module", "path"):
+                    result = function(module, path)
+                else:
+                    given = {"module": module, "path": path}
+                    result = function(*[given[name] for name in argnames])
+                if result is not None:
+                    results.append((impl.plugin_name, result))
+        except StitchError:
+            raise
+        except Exception as exc:
+            assert impl is not None
+            raise PluginError(
+                f"raised {type(exc).__name__}: {first_line(exc)}",
+                plugin=impl.plugin_name,
+                hook="torchstitch_claim",
+                path=path,
             ) from exc
         return results
 

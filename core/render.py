@@ -87,11 +87,11 @@ def _dot_string(text: str) -> str:
 
 
 def _dot_label(node: Node) -> str:
-    from .ir import describe_outcome
+    from .ir import _describe_outcome
 
     lines = ["<root>" if node.path == "" else node.name, node.type_name, node.describe()]
     if node.outcome is not None:
-        lines.append(describe_outcome(node.outcome))
+        lines.append(_describe_outcome(node.outcome))
     return "\n".join(lines)
 
 
