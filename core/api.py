@@ -50,6 +50,7 @@ def compile(
     plugins: Iterable[object | str] | None = None,
     freeze: bool = False,
     target: str | None = None,
+    progress: bool = False,
 ) -> torch.nn.Module:
     """Compile ``module`` piece by piece and return the stitched model.
 
@@ -76,6 +77,7 @@ def compile(
         ``model.eval()``; the frozen model holds its own copy of the weights).
     :param target: compile every claimed node for this artifact family (e.g.
         ``"export"``, from the export plugin) instead of the family claimed.
+    :param progress: show which node is compiling on stderr (only on a terminal).
     """
     engine = Engine(
         rules=rules,
@@ -89,6 +91,7 @@ def compile(
         on_error=on_error,
         freeze=freeze,
         target=target,
+        progress=progress,
     )
     return engine.compile(module, example_inputs=example_inputs, inputs=inputs).module
 

@@ -42,6 +42,7 @@ from .ir import Attempt, Node, Outcome, Plan
 from .locate import locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
+from .progress import Progress
 from .strategy import CompileContext, Strategy, TracingInputs
 from .verify import Tolerance, compare
 
@@ -97,6 +98,8 @@ class CompileOptions:
     #: ``torch.jit.freeze`` the compiled TorchScript root (inference artifacts; weights are
     #: folded into the graph, so the result no longer shares storage with the input)
     freeze: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: show a one-line progress display on stderr while compiling (only on a terminal)
+    progress: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: an artifact family (``"export"``) every compiled node is retargeted to; ``None``: as claimed
     target: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
@@ -171,6 +174,7 @@ class Engine:
         rtol: float | None = None,
         freeze: bool = False,
         target: str | None = None,
+        progress: bool = False,
     ) -> None:
         per_strategy = {k: _options_dict(v) for k, v in _options_dict(strategy_options).items()}
         if script_options is not None:
@@ -191,6 +195,7 @@ class Engine:
             tolerance=Tolerance(atol, rtol),
             freeze=freeze,
             target=target,
+            progress=progress,
         )
 
     def plan(
@@ -322,6 +327,8 @@ class _Run:
         #: paths whose strategy produced a compiled module, in compilation order
         self.compiled_paths: list[str] = []
         self.touched = self._touched_modules()
+        n_claimed = sum(1 for n in self.plan.walk() if n.claim is not None and n.shared_with is None)
+        self.progress = Progress(n_claimed if options.progress else 0)
 
     # -- orchestration -------------------------------------------------------
 
@@ -336,7 +343,10 @@ class _Run:
                 limit=max(2, self.options.n_trace_checks),
                 modules=self.modules,
             )
-        result = self._build(self.plan.root)
+        try:
+            result = self._build(self.plan.root)
+        finally:
+            self.progress.close()
         if self.options.freeze:
             start = time.perf_counter()
             with torch.jit.optimized_execution(True):
@@ -434,6 +444,7 @@ class _Run:
 
     def _compile_node(self, node: Node, shell: torch.nn.Module) -> torch.nn.Module:
         assert node.claim is not None
+        self.progress.node(node.path, node.claim.strategy)
         chain = [node.claim.strategy]
         if self.options.on_error == "fallback":
             chain += [
