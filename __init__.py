@@ -9,29 +9,133 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .core.api import compile, plan, script, trace, trace_module
-from .core.claims import Claim, ClaimKind, Rule, compile_mode, get_compile_mode, set_compile_mode
-from .core.engine import CompileOptions, CompileResult, Engine
-from .core.errors import (
-    AmbiguousClaimError,
-    ArtifactError,
-    NodeCompileError,
-    PlanError,
-    PluginError,
-    StitchError,
-    TorchScriptDeprecationWarning,
-    TorchstitchWarning,
-    TracingInputsError,
-    UnknownStrategyError,
-    UnsupportedModuleError,
-    VerificationError,
-)
-from .core.hookspecs import hookimpl, hookspec
-from .core.ir import Attempt, Node, Outcome, Plan
-from .core.locate import Divergence, locate
-from .core.plugin_manager import get_plugin_manager, make_plugin_manager
-from .core.serialization import Artifact, ArtifactFormat, load, save
-from .core.strategy import CompileContext, Strategy
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load lazily
+    from .core.api import (
+        compile,
+        plan,
+        script,
+        trace,
+        trace_module,
+    )
+    from .core.claims import (
+        Claim,
+        ClaimKind,
+        Rule,
+        compile_mode,
+        get_compile_mode,
+        set_compile_mode,
+    )
+    from .core.engine import (
+        CompileOptions,
+        CompileResult,
+        Engine,
+    )
+    from .core.errors import (
+        AmbiguousClaimError,
+        ArtifactError,
+        NodeCompileError,
+        PlanError,
+        PluginError,
+        StitchError,
+        TorchScriptDeprecationWarning,
+        TorchstitchWarning,
+        TracingInputsError,
+        UnknownStrategyError,
+        UnsupportedModuleError,
+        VerificationError,
+    )
+    from .core.hookspecs import (
+        hookimpl,
+        hookspec,
+    )
+    from .core.ir import (
+        Attempt,
+        Node,
+        Outcome,
+        Plan,
+    )
+    from .core.locate import (
+        Divergence,
+        locate,
+    )
+    from .core.plugin_manager import (
+        get_plugin_manager,
+        make_plugin_manager,
+    )
+    from .core.serialization import (
+        Artifact,
+        ArtifactFormat,
+        load,
+        save,
+    )
+    from .core.strategy import (
+        CompileContext,
+        Strategy,
+    )
+
+# Public names load on first use, so that `import torchstitch` (and the pytest
+# plugin every pytest session of an environment loads) does not import torch.
+_LAZY: dict[str, str] = {
+    "compile": ".core.api",
+    "plan": ".core.api",
+    "script": ".core.api",
+    "trace": ".core.api",
+    "trace_module": ".core.api",
+    "Claim": ".core.claims",
+    "ClaimKind": ".core.claims",
+    "Rule": ".core.claims",
+    "compile_mode": ".core.claims",
+    "get_compile_mode": ".core.claims",
+    "set_compile_mode": ".core.claims",
+    "CompileOptions": ".core.engine",
+    "CompileResult": ".core.engine",
+    "Engine": ".core.engine",
+    "AmbiguousClaimError": ".core.errors",
+    "ArtifactError": ".core.errors",
+    "NodeCompileError": ".core.errors",
+    "PlanError": ".core.errors",
+    "PluginError": ".core.errors",
+    "StitchError": ".core.errors",
+    "TorchScriptDeprecationWarning": ".core.errors",
+    "TorchstitchWarning": ".core.errors",
+    "TracingInputsError": ".core.errors",
+    "UnknownStrategyError": ".core.errors",
+    "UnsupportedModuleError": ".core.errors",
+    "VerificationError": ".core.errors",
+    "hookimpl": ".core.hookspecs",
+    "hookspec": ".core.hookspecs",
+    "Attempt": ".core.ir",
+    "Node": ".core.ir",
+    "Outcome": ".core.ir",
+    "Plan": ".core.ir",
+    "Divergence": ".core.locate",
+    "locate": ".core.locate",
+    "get_plugin_manager": ".core.plugin_manager",
+    "make_plugin_manager": ".core.plugin_manager",
+    "Artifact": ".core.serialization",
+    "ArtifactFormat": ".core.serialization",
+    "load": ".core.serialization",
+    "save": ".core.serialization",
+    "CompileContext": ".core.strategy",
+    "Strategy": ".core.strategy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AmbiguousClaimError",
