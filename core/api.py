@@ -45,6 +45,7 @@ def compile(
     n_trace_checks: int = 1,
     script_options: Mapping[str, Any] | None = None,
     trace_options: Mapping[str, Any] | None = None,
+    strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
     verify: bool = True,
     on_error: str = "raise",
     plugins: Iterable[object | str] | None = None,
@@ -70,6 +71,8 @@ def compile(
     :param n_trace_checks: distinct tracing inputs to check each trace with.
     :param script_options: keyword arguments for ``torch.jit.script``.
     :param trace_options: keyword arguments for ``torch.jit.trace_module``.
+    :param strategy_options: options for any strategy, by strategy name
+        (``{"export": {"dims": ...}}``); ``script_options``/``trace_options`` win.
     :param verify: compare traced nodes and the whole model with eager.
     :param on_error: ``"raise"``, or ``"fallback"`` along each strategy's fallbacks.
     :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
@@ -87,6 +90,7 @@ def compile(
         n_trace_checks=n_trace_checks,
         script_options=script_options,
         trace_options=trace_options,
+        strategy_options=strategy_options,
         verify=verify,
         on_error=on_error,
         freeze=freeze,

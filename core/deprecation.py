@@ -85,12 +85,14 @@ def report_torchscript_deprecations() -> Iterator[None]:
     finally:
         _uninstall()
         _local.counts = None
-        if counts:
-            calls = ", ".join(f"{name} ({n}x)" for name, n in sorted(counts.items()))
-            warn(
-                TorchScriptDeprecationWarning(
-                    f"torch {torch.__version__} deprecates TorchScript; this call used "
-                    f"{calls}. TorchScript artifacts still load in libtorch hosts; torch.export "
-                    "based strategies are the way forward."
-                )
+    # only after success: under an "error" filter the warning must not replace the
+    # exception (a NodeCompileError, a KeyboardInterrupt) that is on its way out
+    if counts:
+        calls = ", ".join(f"{name} ({n}x)" for name, n in sorted(counts.items()))
+        warn(
+            TorchScriptDeprecationWarning(
+                f"torch {torch.__version__} deprecates TorchScript; this call used "
+                f"{calls}. TorchScript artifacts still load in libtorch hosts; torch.export "
+                "based strategies are the way forward."
             )
+        )

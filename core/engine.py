@@ -46,7 +46,7 @@ from .progress import Progress
 from .strategy import CompileContext, Strategy, TracingInputs
 from .verify import Tolerance, compare
 
-__all__ = ["CompileOptions", "CompileResult", "Engine"]
+__all__ = ["CompileOptions", "CompileResult", "Engine", "make_shell"]
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ class _Run:
         if key not in self.touched or isinstance(module, torch.jit.ScriptModule):
             self.results[key] = module
             return module
-        shell = _make_shell(module)
+        shell = make_shell(module)
         self.shells[key] = (module, shell)
         for child in node.children:
             shell._modules[child.name] = self._build(child)
@@ -552,6 +552,7 @@ class _Run:
             caller_inputs=self.caller_inputs,
             recorded_inputs={} if self.recording is None else self.recording.inputs,
             n_trace_checks=self.options.n_trace_checks,
+            strategies=self.plugins.strategies,
         )
 
     def _tracing_inputs(
@@ -721,7 +722,7 @@ class _Run:
             )
 
 
-def _make_shell(module: torch.nn.Module) -> torch.nn.Module:
+def make_shell(module: torch.nn.Module) -> torch.nn.Module:
     """A new object of the module's class sharing its tensors, with its own containers.
 
     Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and

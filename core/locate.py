@@ -39,6 +39,12 @@ def _counterpart(compiled: torch.nn.Module, path: str) -> torch.nn.Module | None
     return module
 
 
+def _callable_alone(module: torch.nn.Module) -> bool:
+    # the submodules of a traced module are parts of one trace: torch refuses to call them
+    traced = torch.jit._trace.TracedModule
+    return not isinstance(module, traced) or isinstance(module, torch.jit._trace.TopLevelTracedModule)
+
+
 def locate(
     eager: torch.nn.Module,
     compiled: torch.nn.Module,
@@ -64,7 +70,11 @@ def locate(
     tolerance = tolerance or Tolerance()
     modules = dict(eager.named_modules(remove_duplicate=False))
     if paths is None:
-        paths = [p for p, m in modules.items() if (c := _counterpart(compiled, p)) is not None and c is not m]
+        paths = [
+            p
+            for p, m in modules.items()
+            if (c := _counterpart(compiled, p)) is not None and c is not m and _callable_alone(c)
+        ]
     targets = {p: modules[p] for p in paths if p in modules}
     recording = record(eager, args, targets, limit=2, modules=modules)
 

@@ -6,7 +6,7 @@ Nothing is compiled, and the user's module is only read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import torch
@@ -20,6 +20,7 @@ from .errors import (
     TorchstitchWarning,
     UnknownStrategyError,
     display_path,
+    first_line,
 )
 from .ir import Node, Plan
 from .plugin_manager import PluginSet
@@ -43,6 +44,8 @@ def check_rules(rules: Sequence[Rule], plugin_set: PluginSet) -> tuple[Rule, ...
     """Validate the caller's rules before the walk: types and strategy names."""
     if isinstance(rules, Rule):
         rules = (rules,)
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
+        raise TypeError(f"rules= must be a list of torchstitch.Rule, got {rules!r}")
     checked = tuple(rules)
     for i, rule in enumerate(checked):
         if not isinstance(rule, Rule):
@@ -140,7 +143,7 @@ class Planner:
         if claim is not None and self.target is not None:
             claim = self._retarget(path, claim)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-        if strategy is not None and region is not None:
+        if strategy is not None and region is not None and not self._untargetable_region(region[1]):
             self._check_containment(module, path, claim, strategy, region)
 
         if strategy is None:
@@ -158,19 +161,11 @@ class Planner:
                 path=path,
             )
         if shared is not None:
-            canonical = claims_at[id(module)]
-            if (canonical is None) != (claim is None) or (
-                claim is not None and canonical is not None and claim.strategy != canonical.strategy
-            ):
-                raise PlanError(
-                    f"module {self._type_name(type(module))} is shared by paths "
-                    f"{display_path(shared)} ({_strategy_text(canonical)}) and "
-                    f"{display_path(path)} ({_strategy_text(claim)}); a shared module is "
-                    "compiled once, so give both paths the same strategy",
-                    path=path,
-                    strategy=None if claim is None else claim.strategy,
-                    claimant=None if claim is None else claim.claimant,
-                )
+            self._check_same_strategy(module, shared, claims_at[id(module)], path, claim)
+            if node_region is not None:
+                # the subtree is compiled once, for its first path; check that it can also
+                # sit in this path's region (an unsupported module below, say)
+                self._check_shared_subtree(module, path, node_region, first_path, claims_at, set())
             return Node(
                 path=path,
                 type_name=self._type_name(type(module)),
@@ -199,6 +194,66 @@ class Planner:
             region=None if node_region is None else node_region[0],
         )
 
+    def _check_same_strategy(
+        self,
+        module: torch.nn.Module,
+        first: str,
+        first_claim: Claim | None,
+        path: str,
+        claim: Claim | None,
+    ) -> None:
+        if (first_claim is None) != (claim is None) or (
+            claim is not None and first_claim is not None and claim.strategy != first_claim.strategy
+        ):
+            raise PlanError(
+                f"module {self._type_name(type(module))} is shared by paths "
+                f"{display_path(first)} ({_strategy_text(first_claim)}) and "
+                f"{display_path(path)} ({_strategy_text(claim)}); a shared module is "
+                "compiled once, so give both paths the same strategy",
+                path=path,
+                strategy=None if claim is None else claim.strategy,
+                claimant=None if claim is None else claim.claimant,
+            )
+
+    def _check_shared_subtree(
+        self,
+        module: torch.nn.Module,
+        path: str,
+        region: tuple[str, Strategy] | None,
+        first_path: dict[int, str],
+        claims_at: dict[int, Claim | None],
+        seen: set[tuple[int, str | None]],
+    ) -> None:
+        """Claims and containment below a shared module's later path (no nodes are made)."""
+        if isinstance(module, torch.jit.ScriptModule):
+            return
+        prefix = f"{path}." if path else ""
+        for name, child in module._modules.items():
+            if child is None:
+                continue
+            key = (id(child), None if region is None else region[0])
+            if key in seen:
+                continue
+            seen.add(key)
+            child_path = prefix + name
+            _, claim = self._resolve(child, child_path)
+            if claim is not None and self.target is not None:
+                claim = self._retarget(child_path, claim)
+            if id(child) in claims_at:
+                self._check_same_strategy(
+                    child, first_path[id(child)], claims_at[id(child)], child_path, claim
+                )
+            strategy = None if claim is None else self.plugins.strategies[claim.strategy]
+            if strategy is not None and region is not None and not self._untargetable_region(region[1]):
+                self._check_containment(child, child_path, claim, strategy, region)
+            if strategy is None:
+                child_region = region
+            elif strategy.compiles:
+                child_region = (child_path, strategy)
+            else:
+                child_region = None
+            self._check_shared_subtree(child, child_path, child_region, first_path, claims_at, seen)
+
     def _resolve(self, module: torch.nn.Module, path: str) -> tuple[tuple[Claim, ...], Claim | None]:
         offers: list[Claim] = []
         if path == "" and self.root_claim is not None:
@@ -209,7 +264,15 @@ class Planner:
             for i, rule in enumerate(self.rules):
                 if decided and self._rule_matches[i]:
                     continue  # only needed to tell "shadowed" from "matched nothing"
-                if not rule.matches(module, path):
+                try:
+                    matched = rule.matches(module, path)
+                except Exception as exc:
+                    raise PlanError(
+                        f"rules[{i}] {rule.describe()} raised {type(exc).__name__} while matching "
+                        f"{self._type_name(type(module))}: {first_line(exc)}",
+                        path=path,
+                    ) from exc
+                if not matched:
                     continue
                 self._rule_matches[i] += 1
                 if decided:
@@ -279,6 +342,11 @@ class Planner:
         self._untargetable.append((path, claim))
         return claim
 
+    def _untargetable_region(self, region_strategy: Strategy) -> bool:
+        """A region whose own claim could not be retargeted: reported as untargetable
+        at the end of the walk, so its contents are not judged against it."""
+        return self.target is not None and region_strategy.compiles and region_strategy.family != self.target
+
     def _raise_untargetable(self) -> None:
         stand_ins = [
             f"{s.name} (replaces {', '.join(sorted(s.replaces)) or 'nothing'})"
@@ -291,7 +359,12 @@ class Planner:
             f"{len(lines)} node(s) cannot go to target {self.target!r}: " + "; ".join(lines) + ". "
             f"Target strategies: {', '.join(stand_ins)}. A {first_claim.strategy!r} claim usually "
             "marks data-dependent control flow: rewrite it with torch.cond, claim it 'unsupported' "
-            "to keep it in Python outside the compiled regions, or override it with a Rule",
+            "to keep it in Python outside the compiled regions, or override it with a Rule"
+            + "".join(
+                f". {s.retarget_hint}"
+                for s in self.plugins.strategies.values()
+                if s.family == self.target and s.retarget_hint
+            ),
             path=first_path,
             strategy=first_claim.strategy,
             claimant=first_claim.claimant,

@@ -54,6 +54,8 @@ class Strategy:
     #: strategies this one stands in for when its family is the compile ``target``
     #: (``export`` replaces ``trace``: one annotated model, several targets)
     replaces: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    #: advice appended to the plan error listing nodes that cannot go to this strategy's family
+    retarget_hint: str = ""
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
 
@@ -85,3 +87,5 @@ class CompileContext:
     recorded_inputs: Mapping[str, TracingInputs] = attrs.field(factory=dict, eq=False, repr=False)
     #: how many distinct tracing inputs to ask for (``n_trace_checks``)
     n_trace_checks: int = 1
+    #: every strategy of this call, by name (to look up the strategy behind a descendant's claim)
+    strategies: Mapping[str, Strategy] = attrs.field(factory=dict, eq=False, repr=False)

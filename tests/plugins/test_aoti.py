@@ -1,0 +1,74 @@
+"""The ``aoti`` artifact format: an AOTInductor package of an ``export`` root (one compile: slow)."""
+
+import json
+
+import pytest
+import torch
+
+import torchstitch as ts
+from torchstitch.plugins.export import AOTIModule, whole_model_rules
+
+pytestmark = pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning")
+
+
+class EnergyForces(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+
+    def forward(self, pos):
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self.mlp(torch.sin(pos)).sum()
+            (grad,) = torch.autograd.grad([energy], [pos])
+        return energy.detach(), -grad
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    torch.manual_seed(0)
+    model = EnergyForces().eval()
+    options = {"export": {"dims": {"atoms": {"pos": 0}}, "make_fx": True}}
+    result = ts.Engine(rules=whole_model_rules(), strategy_options=options).compile(
+        model, example_inputs=(torch.randn(5, 3),)
+    )
+    path = tmp_path_factory.mktemp("aoti") / "forces.pt2"
+    ts.save(result, path, format="aoti")
+    return model, result, path
+
+
+@pytest.mark.slow
+def test_aoti_package_runs_energies_and_forces_like_eager(package):
+    model, result, path = package
+    loaded = ts.load(path)
+    assert loaded.format == "aoti"
+    assert isinstance(loaded.module, AOTIModule)
+    assert loaded.plan == result.plan
+    pos = torch.randn(11, 3)  # another size: the package is dynamic in "atoms"
+    energy, forces = loaded(pos)
+    expected_energy, expected_forces = model(pos)
+    torch.testing.assert_close(energy, expected_energy)
+    torch.testing.assert_close(forces, expected_forces)
+
+
+@pytest.mark.slow
+def test_aoti_package_metadata_names_inputs_and_custom_ops(package):
+    _, _, path = package
+    meta = ts.load(path).module.metadata
+    assert meta["torchstitch.format"] == "aoti"
+    assert json.loads(meta["torchstitch.inputs"]) == ["arg0_1"]  # make_fx names the graph's inputs
+    assert json.loads(meta["torchstitch.custom_ops"]) == {}
+    assert json.loads(meta["torchstitch.libraries"]) == []
+    assert meta["torchstitch.torch_version"] == torch.__version__
+
+
+def test_aoti_needs_a_pt2_name_and_an_export_root(tmp_path):
+    torch.manual_seed(0)
+    compiled = ts.Engine(rules=[ts.Rule("export", path="")]).compile(
+        torch.nn.Linear(3, 2), example_inputs=(torch.randn(4, 3),)
+    )
+    with pytest.raises(ts.ArtifactError, match=r"must be named \*\.pt2"):
+        ts.save(compiled, tmp_path / "model.zip", format="aoti")
+    scripted = ts.script(torch.nn.Linear(3, 2))
+    with pytest.raises(ts.ArtifactError, match=r"format 'aoti' cannot save"):
+        ts.save(scripted, tmp_path / "model.pt2", format="aoti")

@@ -1,0 +1,72 @@
+"""Forces: energies and -dE/dpos through torch.autograd.grad inside forward, exported."""
+
+import pytest
+import torch
+
+import torchstitch as ts
+from torchstitch.plugins.export import whole_model_rules
+
+pytestmark = pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning")
+
+
+class PairEnergy(torch.nn.Module):
+    """A smooth per-atom energy of positions (no neighbour list: tiny and shape-generic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+
+    def forward(self, pos):
+        return self.mlp(torch.sin(pos)).sum()
+
+
+class EnergyForces(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.energy = PairEnergy()
+
+    def forward(self, pos):
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self.energy(pos)
+            (grad,) = torch.autograd.grad([energy], [pos])
+        return energy.detach(), -grad
+
+
+DIMS = {"atoms": {"pos": 0}}
+
+
+def make_model():
+    torch.manual_seed(0)
+    return EnergyForces().eval()
+
+
+def test_forces_export_with_make_fx_matches_eager(tmp_path, watch):
+    model = make_model()
+    check = watch(model)
+    engine = ts.Engine(
+        rules=whole_model_rules(), strategy_options={"export": {"dims": DIMS, "make_fx": True}}
+    )
+    result = engine.compile(model, example_inputs=(torch.randn(5, 3),))
+    pos = torch.randn(9, 3)
+    energy, forces = result.module(pos)
+    expected_energy, expected_forces = model(pos)
+    torch.testing.assert_close(energy, expected_energy)
+    torch.testing.assert_close(forces, expected_forces)
+    path = tmp_path / "forces.pt2"
+    result.save(str(path))
+    loaded = ts.load(path)
+    torch.testing.assert_close(loaded(pos)[1], expected_forces)
+    check()
+
+
+def test_forces_without_make_fx_fail_with_the_torch_message_and_the_cure(watch):
+    model = make_model()
+    check = watch(model)
+    engine = ts.Engine(rules=whole_model_rules(), strategy_options={"export": {"dims": DIMS}})
+    with pytest.raises(
+        ts.NodeCompileError, match=r"fake tensor in the exported program constant's list.*'make_fx': True"
+    ) as info:
+        engine.compile(model, example_inputs=(torch.randn(5, 3),))
+    assert info.value.path == ""
+    check()
