@@ -32,11 +32,11 @@ from .errors import (
 from .inputs import (
     Recording,
     as_example_args,
+    call_for_values,
     check_tracing_inputs,
     normalize_tracing_inputs,
     preserved_buffers,
     record,
-    snapshot,
 )
 from .ir import Attempt, Node, Outcome, Plan
 from .locate import locate
@@ -633,7 +633,7 @@ class _Run:
 
     def _run(self, node: Node, strategy: Strategy, fn, args: tuple, which: str) -> Any:
         try:
-            return fn(*snapshot(args))
+            return call_for_values(fn, args)
         except Exception as exc:
             raise VerificationError(
                 f"running the {which} module on its tracing inputs raised "
@@ -648,7 +648,7 @@ class _Run:
         root = self.plan.root
         claim = root.claim
         try:
-            actual = compiled(*snapshot(self.example_args))
+            actual = call_for_values(compiled, self.example_args)
         except Exception as exc:
             raise VerificationError(
                 f"the compiled model raised {type(exc).__name__} on example_inputs: {first_line(exc)}",

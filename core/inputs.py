@@ -23,6 +23,7 @@ __all__ = [
     "preserved_buffers",
     "snapshot",
     "to_module",
+    "call_for_values",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,24 @@ def _cast(value: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
     if isinstance(value, dict):
         return {k: _cast(v, device, dtype) for k, v in value.items()}
     return value
+
+
+def call_for_values(fn: Any, args: tuple[Any, ...]) -> Any:
+    """``fn(*snapshot(args))`` without building an autograd graph, where possible.
+
+    Recording and verification need output values only, and a large model's
+    autograd graph costs far more memory than its weights.  A forward that needs
+    autograd itself (forces from ``torch.autograd.grad``) fails under
+    ``no_grad``; it is run again as the caller would run it.
+    """
+    try:
+        with torch.no_grad():
+            return fn(*snapshot(args))
+    except Exception:
+        if not torch.is_grad_enabled():
+            raise
+        log.debug("forward failed under torch.no_grad(); running it with autograd", exc_info=True)
+        return fn(*snapshot(args))
 
 
 def same_inputs(a: Any, b: Any) -> bool:
@@ -248,7 +267,7 @@ def record(
             handles.append(module.register_forward_hook(post_hook(path), with_kwargs=True))
         try:
             # a private copy: a forward that mutates its inputs must not change the caller's
-            root_output = root(*snapshot(args))
+            root_output = call_for_values(root, args)
         except Exception as exc:
             where = _deepest_module_in_traceback(exc, modules)
             raise TracingInputsError(

@@ -9,7 +9,7 @@ import attrs
 import torch
 
 from .errors import display_path
-from .inputs import as_example_args, record, snapshot
+from .inputs import as_example_args, call_for_values, record
 from .verify import Tolerance, compare
 
 __all__ = ["Divergence", "locate"]
@@ -85,7 +85,7 @@ def locate(
             continue
         for call, expected in zip(recording.inputs.get(path, ()), recording.outputs.get(path, ())):
             try:
-                actual = twin(*snapshot(call["forward"]))
+                actual = call_for_values(twin, call["forward"])
             except Exception as exc:  # a compiled piece that cannot even run is a culprit
                 diverging.append(Divergence(path, float("nan"), f"raised {type(exc).__name__}: {exc}"))
                 break

@@ -1,0 +1,92 @@
+"""The benchmark harness runs end to end in smoke mode and writes every section."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("e3nn")
+
+RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run.py")
+
+pytestmark = [pytest.mark.slow, pytest.mark.e3nn]
+
+
+def _positive_numbers(value, where=""):
+    """Every number in ``value`` (recursively), with where it sits."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _positive_numbers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _positive_numbers(item, f"{where}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, RUN, "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "latest.json") as f:
+        results = json.load(f)
+    return results, (out / "latest.md").read_text(), proc.stdout
+
+
+def test_every_section_has_positive_timings(smoke):
+    results, _, _ = smoke
+    assert results["mode"] == "smoke"
+    for model in ("seed", "medium", "large"):
+        for variant in ("e3nn.util.jit", "torchstitch", "torchstitch(example_inputs)"):
+            assert results["compile"][model][variant]["seconds"] > 0
+            overhead = results["overhead"][model][variant]
+            assert overhead["total_s"] > 0 and overhead["jit_s"] > 0
+            assert overhead["jit_calls"].get("script", 0) > 0
+        for variant in ("eager", "e3nn", "torchstitch", "e3nn + torch.jit.freeze", "torchstitch freeze=True"):
+            assert results["latency"][model]["threads=1"][variant]["ms"] > 0
+    assert results["plan"]["modules"] >= 1000
+    assert results["plan"]["named_modules_s"] > 0 and results["plan"]["ts_plan_s"] > 0
+    for model in ("medium", "large"):
+        rows = results["memory"][model]
+        assert set(rows) == {
+            "e3nn in_place=True",
+            "e3nn in_place=False",
+            "torchstitch",
+            "torchstitch(example_inputs)",
+        }
+        assert rows["torchstitch"]["model_weight_mib"] > 0
+        # exact, not noisy: e3nn's in_place=False copies every weight, torchstitch shares them
+        assert (
+            rows["e3nn in_place=False"]["duplicated_weight_mib"]
+            == rows["e3nn in_place=False"]["model_weight_mib"]
+        )
+        assert rows["torchstitch"]["duplicated_weight_mib"] == 0
+        assert all(len(row["runs_mib"]) >= 1 and row["extra_mib"] >= 0 for row in rows.values())
+
+
+def test_no_negative_numbers(smoke):
+    results, _, _ = smoke
+    # peak RSS increases are measured and may read slightly negative (pages given back)
+    bad = [(where, v) for where, v in _positive_numbers(results) if v < 0 and ".memory." not in where]
+    assert not bad
+
+
+def test_targets_and_table(smoke):
+    results, table, stdout = smoke
+    names = {t["target"] for t in results["targets"]}
+    assert names == {"compile", "memory", "latency", "plan", "overhead"}
+    assert all(t["status"] in ("PASS", "MISS", "n/a") for t in results["targets"])
+    for heading in ("Compile wall time", "Extra peak memory", "Forward latency", "plan()", "Targets"):
+        assert heading in table
+    assert "PASS" in stdout or "MISS" in stdout
