@@ -37,7 +37,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ...core.engine import make_shell
-from ...core.errors import NodeCompileError, display_path, first_line
+from ...core.errors import NodeCompileError, PlanError, display_path, first_line
 from ...core.strategy import CompileContext, Strategy
 from .module import ExportedModule
 
@@ -134,6 +134,10 @@ def dynamic_shapes_for(
 ) -> Any:
     """torch.export's ``dynamic_shapes`` for the node at ``path`` from the two option forms.
 
+    A declaration that does not fit the inputs (an input the root does not take,
+    an axis the tensor does not have) is a :class:`~torchstitch.PlanError`, which
+    is a ``ValueError``, naming the input.
+
     :param per_path: ``{path: dynamic_shapes}``, used as is for that path.
     :param dims: ``{dim_name: {argument_name: axis or axes}}``.
     :returns: a dict by argument name, the per-path value, or ``None`` (static).
@@ -148,9 +152,29 @@ def dynamic_shapes_for(
         dim = torch.export.Dim(dim_name)
         for arg, axes in where.items():
             if arg not in names:
-                continue
+                if path == "":  # the root is where dims are declared: a name it lacks is a typo
+                    raise PlanError(
+                        f"dims[{dim_name!r}] names input {arg!r}, which the root's forward does not "
+                        f"take (its inputs: {', '.join(names) or 'none'})",
+                        path=path,
+                        strategy="export",
+                    )
+                continue  # a descendant's export: dims name the inputs of every exported node
+            value = args[names.index(arg)]
             for axis in [axes] if isinstance(axes, int) else axes:
-                spec.setdefault(arg, {})[axis] = dim
+                if not isinstance(value, torch.Tensor) or not -value.dim() <= axis < value.dim():
+                    what = (
+                        f"a {type(value).__name__}"
+                        if not isinstance(value, torch.Tensor)
+                        else f"a tensor of shape {tuple(value.shape)}"
+                    )
+                    raise PlanError(
+                        f"dims[{dim_name!r}] declares axis {axis} of input {arg!r} dynamic, "
+                        f"but {arg!r} is {what}",
+                        path=path,
+                        strategy="export",
+                    )
+                spec.setdefault(arg, {})[axis % value.dim()] = dim
     if not spec:
         return None
     return {name: spec.get(name) for name in names}

@@ -278,3 +278,40 @@ def test_nequip_whole_model_export_is_dynamic_and_round_trips(nequip, tmp_path, 
     assert loaded.plan == result.plan
     torch.testing.assert_close(loaded(*bigger), model(*bigger))
     check()
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, pos, index):
+        return self.lin(pos)[index]
+
+
+@pytest.mark.parametrize(
+    ("dims", "message"),
+    [
+        (
+            {"atoms": {"positions": 0}},
+            r"names input 'positions', which the root's forward does not take \(its inputs: pos, index\)",
+        ),
+        (
+            {"atoms": {"pos": 2}},
+            r"declares axis 2 of input 'pos' dynamic, but 'pos' is a tensor of shape \(5, 3\)",
+        ),
+    ],
+)
+def test_dims_that_do_not_fit_the_inputs_are_value_errors_naming_the_input(dims, message, watch):
+    model = _TwoInputs()
+    check = watch(model)
+    with pytest.raises(ts.PlanError, match=message) as info:
+        ts.compile(
+            model,
+            example_inputs=(torch.randn(5, 3), torch.tensor([0, 4])),
+            rules=[ts.Rule("export", path="")],
+            strategy_options={"export": {"dims": dims}},
+        )
+    assert isinstance(info.value, ValueError)
+    assert info.value.path == "" and info.value.strategy == "export"
+    check()
