@@ -138,21 +138,10 @@ TARGETS_TEXT = {
 
 
 def seed_model() -> torch.nn.Module:
-    """The first seed scenario: an e3nn ``Norm`` under a data-dependent ``if``."""
-    from e3nn import o3
+    """The first seed scenario, as the README's main job builds it."""
+    from torchstitch.demo import build_seed_model
 
-    class NormThenBranch(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.norm = o3.Norm("8x0e + 4x1o + 2x2e")
-
-        def forward(self, x):
-            n = self.norm(x)
-            if bool((n > 1.0).any()):
-                return n * 2.0
-            return n - 1.0
-
-    return NormThenBranch()
+    return build_seed_model()
 
 
 def wide_tree(n_modules: int) -> torch.nn.Module:

@@ -24,6 +24,7 @@ __all__ = [
     "snapshot",
     "to_module",
     "call_for_values",
+    "cast_tensors",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def to_module(value: Any, module: torch.nn.Module) -> Any:
             break
     if device is None:
         return value
-    return _cast(value, device, dtype)
+    return cast_tensors(value, device, dtype)
 
 
 def _tensors_of(module: torch.nn.Module):
@@ -67,17 +68,19 @@ def _tensors_of(module: torch.nn.Module):
     yield from module.buffers()
 
 
-def _cast(value: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+def cast_tensors(value: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
+    """``value`` with its tensors on ``device`` and its floating tensors in ``dtype``
+    (``None``: keep each tensor's dtype); tuples, lists and dicts are rebuilt."""
     if isinstance(value, torch.Tensor):
         if dtype is not None and value.is_floating_point() and value.dtype != dtype:
             return value.to(device=device, dtype=dtype)
         return value.to(device=device)
     if isinstance(value, tuple):
-        return tuple(_cast(v, device, dtype) for v in value)
+        return tuple(cast_tensors(v, device, dtype) for v in value)
     if isinstance(value, list):
-        return [_cast(v, device, dtype) for v in value]
+        return [cast_tensors(v, device, dtype) for v in value]
     if isinstance(value, dict):
-        return {k: _cast(v, device, dtype) for k, v in value.items()}
+        return {k: cast_tensors(v, device, dtype) for k, v in value.items()}
     return value
 
 

@@ -187,12 +187,7 @@ class PluginSet:
         except StitchError:
             raise  # a plugin's deliberate, already explained error
         except Exception as exc:
-            raise PluginError(
-                f"raised {type(exc).__name__}: {first_line(exc)}",
-                plugin=impl.plugin_name,
-                hook=hook_name,
-                path=_path_of(kwargs),
-            ) from exc
+            raise _raised(impl, hook_name, exc, _path_of(kwargs)) from exc
 
     def call_all(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Every implementation's non-``None`` result, with the plugin name, in call order."""
@@ -209,12 +204,7 @@ class PluginSet:
             raise
         except Exception as exc:
             assert impl is not None
-            raise PluginError(
-                f"raised {type(exc).__name__}: {first_line(exc)}",
-                plugin=impl.plugin_name,
-                hook=hook_name,
-                path=_path_of(kwargs),
-            ) from exc
+            raise _raised(impl, hook_name, exc, _path_of(kwargs)) from exc
         return results
 
     def claims(self, module: Any, path: str) -> list[tuple[str, Any]]:
@@ -242,12 +232,7 @@ class PluginSet:
             raise
         except Exception as exc:
             assert impl is not None
-            raise PluginError(
-                f"raised {type(exc).__name__}: {first_line(exc)}",
-                plugin=impl.plugin_name,
-                hook="torchstitch_claim",
-                path=path,
-            ) from exc
+            raise _raised(impl, "torchstitch_claim", exc, path) from exc
         return results
 
     def call_first(self, hook_name: str, **kwargs: Any) -> tuple[list[str], str | None, Any]:
@@ -277,6 +262,13 @@ class PluginSet:
                 )
             value = result
         return value
+
+
+def _raised(impl: pluggy.HookImpl, hook_name: str, exc: Exception, path: str | None) -> PluginError:
+    """The error for a hook implementation that raised (chain ``exc`` when raising it)."""
+    return PluginError(
+        f"raised {type(exc).__name__}: {first_line(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path
+    )
 
 
 def _path_of(kwargs: Mapping[str, Any]) -> str | None:

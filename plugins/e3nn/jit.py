@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
@@ -45,7 +44,7 @@ from ...core.claims import BUILTIN_MODES, decorator_claim
 from ...core.claims import compile_mode as _ts_compile_mode
 from ...core.claims import get_compile_mode as _ts_get_compile_mode
 from ...core.errors import TorchstitchWarning, TracingInputsError, UnsupportedModuleError
-from ...core.inputs import check_tracing_inputs
+from ...core.inputs import cast_tensors, check_tracing_inputs
 from ...core.ir import Node
 from ...core.plugin_manager import PluginSet, default_strategy_names
 from ...core.strategy import CompileContext, TracingInputs
@@ -293,7 +292,7 @@ def get_tracing_inputs(
         device = _module_device(mod)
     if dtype is None:
         dtype = _module_floating_dtype(mod)
-    return [{method: _to(args, device, dtype) for method, args in call.items()} for call in inputs]
+    return [{method: cast_tensors(args, device, dtype) for method, args in call.items()} for call in inputs]
 
 
 # e3nn 0.6.0 maps the legacy ``jit_script_fx`` flag onto ``jit_mode``, and its own
@@ -358,18 +357,3 @@ def _module_floating_dtype(mod: torch.nn.Module) -> torch.dtype:
             if tensor.is_floating_point():
                 return tensor.dtype
     return torch.get_default_dtype()
-
-
-def _to(value: Any, device: torch.device | str, dtype: torch.dtype) -> Any:
-    """``value`` with its tensors on ``device`` and its floating tensors in ``dtype``."""
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            return value.to(device=device, dtype=dtype)
-        return value.to(device=device)
-    if isinstance(value, tuple):
-        return tuple(_to(v, device, dtype) for v in value)
-    if isinstance(value, list):
-        return [_to(v, device, dtype) for v in value]
-    if isinstance(value, dict):
-        return {k: _to(v, device, dtype) for k, v in value.items()}
-    return value
