@@ -93,7 +93,18 @@ def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy)
         from opt_einsum_fx import jitable
     except ImportError:
         return None
-    # jitable() rewrites the graph in place; the graph is shared with the user's
-    # module, so give the shell a private copy (tensors stay shared).
-    private = torch.fx.GraphModule(module, copy.deepcopy(module.graph), type(module).__name__)
-    return jitable(private)
+    if not any(_needs_jitable(n) for n in module.graph.nodes):
+        return None  # nothing to rewrite: skip the copy and a Python recompile
+    # jitable() rewrites the graph in place, and the graph is shared with the user's
+    # module: rewrite a private copy, then build one GraphModule on it (tensors stay shared)
+    graph = jitable(copy.deepcopy(module.graph))
+    return torch.fx.GraphModule(module, graph, type(module).__name__)
+
+
+def _needs_jitable(node: torch.fx.Node) -> bool:
+    """Whether opt_einsum_fx.jitable would rewrite ``node`` (tensordot dims=, permute(*dims))."""
+    if node.op == "call_function":
+        return node.target in (torch.tensordot, torch.functional.tensordot) and "dims" in node.kwargs
+    if node.op == "call_method" and node.target == "permute":
+        return len(node.args) > 1 and not isinstance(node.args[1], list)
+    return False
