@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,17 +35,20 @@ META_FILE = "torchstitch/meta.json"
 class ArtifactFormat:
     """A way of writing a compiled model to disk, provided by a plugin.
 
-    ``save(module, path, extra)`` writes ``module`` and the ``extra`` documents
-    (``{PLAN_FILE: json, META_FILE: json}``); ``load(path, map_location)``
-    returns ``(module, extra)`` with whatever documents it found.
+    ``save(module, path, extra, options)`` writes ``module`` and the ``extra``
+    documents (``{PLAN_FILE: json, META_FILE: json}``); ``options`` are the
+    caller's ``ts.save(..., options=...)`` for this format (raise
+    :class:`~torchstitch.ArtifactError` for one it does not take).
+    ``load(path, map_location)`` returns ``(module, extra)`` with whatever
+    documents it found.
     """
 
     #: format name, as in ``ts.save(..., format=name)``
     name: str
     #: whether this format can save ``module`` (used when ``format`` is not given)
     accepts: Callable[[torch.nn.Module], bool] = attrs.field(eq=False, repr=False)
-    #: ``save(module, path, extra) -> None``
-    save: Callable[[Any, str, dict[str, str]], None] = attrs.field(eq=False, repr=False)
+    #: ``save(module, path, extra, options) -> None``
+    save: Callable[[Any, str, dict[str, str], dict[str, Any]], None] = attrs.field(eq=False, repr=False)
     #: ``load(path, map_location) -> (module, extra)``
     load: Callable[[str, Any], tuple[Any, dict[str, str]]] = attrs.field(eq=False, repr=False)
     #: one line for ``torchstitch strategies`` and error messages
@@ -104,11 +107,14 @@ def save(
     plan: Plan | None = None,
     format: str | None = None,
     plugins: Iterable[object | str] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """Save a compiled model; its plan (from a ``CompileResult`` or ``plan=``) goes inside.
 
     :param format: an artifact format name (``"torchscript"``, or one a plugin
         adds); by default the first format that accepts the compiled root.
+    :param options: options of the chosen format (e.g. ``{"inductor_configs": {...}}``
+        for ``"aoti"``).
     :raises ArtifactError: if no format can save the compiled root (a root left
         in Python is not a TorchScript module), or ``format`` is unknown.
     """
@@ -148,7 +154,7 @@ def save(
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
-    chosen.save(compiled, os.fspath(path), extra)
+    chosen.save(compiled, os.fspath(path), extra, dict(options or {}))
 
 
 def load(

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..core.deprecation import report_torchscript_deprecations
+from ..core.errors import ArtifactError
 from ..core.hookspecs import hookimpl
 from ..core.serialization import META_FILE, PLAN_FILE, ArtifactFormat
 
@@ -15,7 +16,9 @@ def _accepts(module: Any) -> bool:
     return isinstance(module, torch.jit.ScriptModule)
 
 
-def _save(module: torch.jit.ScriptModule, path: str, extra: dict[str, str]) -> None:
+def _save(module: torch.jit.ScriptModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
+    if options:
+        raise ArtifactError(f"format 'torchscript' takes no options, got {sorted(options)}", path="")
     with report_torchscript_deprecations():
         torch.jit.save(module, path, _extra_files=extra)
 

@@ -38,8 +38,9 @@ def _accepts(module: Any) -> bool:
 # -- export --------------------------------------------------------------------
 
 
-def _save_export(module: ExportedModule, path: str, extra: dict[str, str]) -> None:
-    torch.export.save(module.program, path, extra_files=extra)
+def _save_export(module: ExportedModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
+    """``options`` are passed to ``torch.export.save`` (e.g. ``pickle_protocol``)."""
+    torch.export.save(module.program, path, extra_files=extra, **options)
 
 
 def _load_export(path: str, map_location: Any) -> tuple[ExportedModule, dict[str, str]]:
@@ -118,13 +119,22 @@ def package_metadata(module: ExportedModule, extra: dict[str, str]) -> dict[str,
     }
 
 
-def _save_aoti(module: ExportedModule, path: str, extra: dict[str, str]) -> None:
+def _save_aoti(module: ExportedModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
+    """``options``: ``inductor_configs`` for ``aoti_compile_and_package`` (the package
+    metadata torchstitch records is merged into ``aot_inductor.metadata``)."""
     if not path.endswith(".pt2"):
         raise ArtifactError(f"an AOTInductor package must be named *.pt2, got {path!r}", path="")
-    metadata = package_metadata(module, extra)
+    unknown = sorted(set(options) - {"inductor_configs"})
+    if unknown:
+        raise ArtifactError(f"format 'aoti' takes the option inductor_configs, got {unknown}", path="")
+    configs = dict(options.get("inductor_configs") or {})
+    configs["aot_inductor.metadata"] = {
+        **configs.get("aot_inductor.metadata", {}),
+        **package_metadata(module, extra),
+    }
     log.info("AOTInductor: compiling %s (this takes a while)", path)
     written = torch._inductor.aoti_compile_and_package(
-        module.program, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
+        module.program, package_path=path, inductor_configs=configs
     )
     # the plan can be large: it goes beside the model as zip members, not into the C++ metadata
     with zipfile.ZipFile(written) as archive:

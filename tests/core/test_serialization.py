@@ -165,3 +165,10 @@ def test_plain_torch_jit_save_loads_with_plan_none(tmp_path):
     assert artifact.format == "torchscript"
     x = torch.randn(5, 3)
     torch.testing.assert_close(artifact.module(x), model(x))
+
+
+def test_format_options_the_format_does_not_take_are_artifact_errors(tmp_path):
+    compiled = ts.script(torch.nn.Linear(2, 2))
+    with pytest.raises(ts.ArtifactError, match=r"format 'torchscript' takes no options, got \['level'\]"):
+        ts.save(compiled, tmp_path / "m.pt", options={"level": 3})
+    assert not (tmp_path / "m.pt").exists()
