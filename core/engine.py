@@ -326,6 +326,8 @@ class _Run:
         self.outcomes: dict[str, Outcome] = {}
         #: paths whose strategy produced a compiled module, in compilation order
         self.compiled_paths: list[str] = []
+        #: CompileContext.scratch: the strategies' per-call memo
+        self.scratch: dict[Any, Any] = {}
         self.touched = self._touched_modules()
         n_claimed = sum(1 for n in self.plan.walk() if n.claim is not None and n.shared_with is None)
         self.progress = Progress(n_claimed if options.progress else 0)
@@ -553,6 +555,7 @@ class _Run:
             recorded_inputs={} if self.recording is None else self.recording.inputs,
             n_trace_checks=self.options.n_trace_checks,
             strategies=self.plugins.strategies,
+            scratch=self.scratch,
         )
 
     def _tracing_inputs(

@@ -89,3 +89,6 @@ class CompileContext:
     n_trace_checks: int = 1
     #: every strategy of this call, by name (to look up the strategy behind a descendant's claim)
     strategies: Mapping[str, Strategy] = attrs.field(factory=dict, eq=False, repr=False)
+    #: per-call memo shared by every node of this compile call (and only this call):
+    #: strategies key their entries by their own name, e.g. ``("inductor", ...)``
+    scratch: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False)

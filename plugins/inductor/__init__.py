@@ -8,7 +8,11 @@ TorchScript or export region, and it is not saved as an artifact.
 Identical repeated blocks (``layers.0``, ``layers.1``, ... of one class) share
 compiled code: Dynamo caches by the ``forward`` code object and, with torch's
 default ``inline_inbuilt_nn_modules``, treats parameters as inputs, so the
-second instance reuses the first one's graph instead of recompiling.
+second instance reuses the first one's graph instead of recompiling.  fx gives
+every ``GraphModule`` instance a class of its own (e3nn's generated tensor
+product code, say), which would fail Dynamo's type guards in every repeated
+block; within one compile call, private copies of ``GraphModule`` instances with the
+same generated code are given one class, so those blocks share a graph too.
 
 Descendants claimed ``unsupported`` (family ``python``) stay in Python inside
 the region: their ``forward`` is wrapped with ``torch.compiler.disable``, a
@@ -58,12 +62,36 @@ def _disable_at(root: torch.nn.Module, relative: list[str]) -> torch.nn.Module:
     return shell
 
 
+def _share_graph_module_classes(module: torch.nn.Module, scratch: dict) -> None:
+    """Give ``GraphModule`` instances with identical generated code one class (per compile call).
+
+    Only the engine's shells are re-classed: every module inside a claimed
+    node's region is a private shell, never the user's module.
+    """
+    for sub in module.modules():
+        if not isinstance(sub, torch.fx.GraphModule):
+            continue
+        forward = type(sub).forward
+        names = forward.__code__.co_names
+        # same source and the same global objects behind the names it uses
+        key = (
+            "inductor",
+            "graph-module",
+            sub.code,
+            tuple((n, id(forward.__globals__.get(n))) for n in names),
+        )
+        cls = scratch.setdefault(key, type(sub))
+        if type(sub) is not cls:
+            sub.__class__ = cls
+
+
 def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
     """``torch.compile`` the node's shell; ``unsupported`` descendants run eagerly.
 
     :param module: the node's shell, compiled children stitched in.
     :param context: ``context.options`` are ``torch.compile`` keyword arguments.
     """
+    _share_graph_module_classes(module, context.scratch)
     prefix = f"{context.node.path}." if context.node.path else ""
     for python_node in _python_nodes(context.node, context.strategies):
         relative = python_node.path[len(prefix) :].split(".")

@@ -1,0 +1,64 @@
+"""The deployment benchmark (benchmarks/deploy.py) runs end to end in smoke mode."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("e3nn")
+
+DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "deploy.py")
+COMPILER_BUILDS = {"ts_aoti", "direct_aoti", "torch_compile_whole", "ts_inductor_regional"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.e3nn]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("deploy")
+    proc = subprocess.run(
+        [sys.executable, DEPLOY, "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out / "deploy.json") as f:
+        results = json.load(f)
+    return results, (out / "deploy.md").read_text(), proc.stdout
+
+
+def test_every_section_has_positive_numbers(smoke):
+    results, _, _ = smoke
+    assert results["mode"] == "smoke"
+    assert "torch" in results["machine"]
+    builds, latency = results["builds"], results["latency"]
+    assert set(builds) == {"e3nn_torchscript"}
+    for row in builds.values():
+        assert row["build_s"] > 0 and row["artifact_mib"] > 0 and row["process_wall_s"] > 0
+    assert set(latency) == {"eager", "e3nn_torchscript", "gemm_floor"}
+    for row in latency.values():
+        assert row["ms"] > 0 and row["vs_eager"] > 0 and all(v > 0 for v in row["runs_ms"])
+    assert results["diagnostics"]["gemm_floor_vs_e3nn_torchscript"] > 0
+
+
+def test_compiler_builds_are_skipped_and_said_so(smoke):
+    results, table, _ = smoke
+    # AOTI and torch.compile builds of even the tiny model take ~60 s here: smoke mode skips them
+    assert set(results["skipped_builds"]) == COMPILER_BUILDS
+    assert "smoke mode" in results["skipped"]
+    assert "Skipped:" in table
+    assert not COMPILER_BUILDS & set(results["latency"])
+
+
+def test_targets_and_table(smoke):
+    results, table, stdout = smoke
+    assert {t["target"] for t in results["targets"]} == {"aoti", "regional_build", "regional_latency"}
+    assert all(t["status"] == "skipped" for t in results["targets"])
+    for heading in ("Machine:", "Forward latency and build time", "Diagnostics", "Targets (issue 6)"):
+        assert heading in table
+    assert "skipped" in stdout
+    assert results["seconds"] < 60
