@@ -84,3 +84,36 @@ def _count_graphs(result, x, expected):
     # blocks 1 and 2 are other instances of the same class: they reuse the compiled code
     assert counters["stats"]["unique_graphs"] == graphs_for_one_block, dict(counters["stats"])
     assert sum(counters["recompiles"].values()) == 0
+
+
+def test_repeated_blocks_with_generated_fx_code_share_one_graph(watch):
+    """fx gives every GraphModule instance its own class (e3nn's generated tensor-product
+    code, say): without sharing, Dynamo's type guards fail in every repeated block."""
+    from torch._dynamo.utils import counters
+
+    class FxBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh()))
+
+        def forward(self, x):
+            return self.inner(x) * 2.0
+
+    model = torch.nn.Sequential(FxBlock(), FxBlock(), FxBlock())
+    assert len({type(block.inner) for block in model}) == 3  # what fx does
+    check = watch(model)
+    x = torch.randn(2, 4)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = ts.compile(
+        model,
+        rules=[ts.Rule("inductor", path="*"), ts.Rule(None, path="*.**")],
+        strategy_options={"inductor": {"backend": "eager"}},  # Dynamo's graphs, no codegen
+        verify=False,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert sum(counters["recompiles"].values()) == 0
+    assert len({type(block.inner) for block in model}) == 3  # the user's modules keep theirs
+    check()
