@@ -75,6 +75,18 @@ def test_every_section_has_positive_timings(smoke):
         assert all(len(row["runs_mib"]) >= 1 and row["extra_mib"] >= 0 for row in rows.values())
 
 
+def test_reference_networks_and_extra_model(smoke):
+    results, _, _ = smoke
+    # medium/large are BASELINES' gate-points reference network; NequIPStyle is an extra, untargeted
+    assert "GatePoints medium" in results["models"]["medium"]
+    assert "GatePoints large" in results["models"]["large"]
+    assert "NequIPStyle" in results["models"]["nequip_medium"]
+    assert results["compile"]["nequip_medium"]["torchstitch"]["seconds"] > 0
+    assert results["latency"]["nequip_medium"]["threads=1"]["torchstitch"]["ms"] > 0
+    assert set(results["memory"]) == {"medium", "large"}
+    assert not any("nequip_medium" in t["what"] for t in results["targets"])
+
+
 def test_no_negative_numbers(smoke):
     results, _, _ = smoke
     # peak RSS increases are measured and may read slightly negative (pages given back)

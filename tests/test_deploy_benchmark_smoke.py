@@ -35,6 +35,7 @@ def test_every_section_has_positive_numbers(smoke):
     results, _, _ = smoke
     assert results["mode"] == "smoke"
     assert "torch" in results["machine"]
+    assert results["model"].startswith("GatePoints medium")
     builds, latency = results["builds"], results["latency"]
     assert set(builds) == {"e3nn_torchscript"}
     for row in builds.values():
