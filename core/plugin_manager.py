@@ -94,9 +94,6 @@ def make_plugin_manager(
         if pm.has_plugin(name):
             raise ValueError(f"a plugin named {name!r} is already registered; give yours a `name`")
         pm.register(plugin, name=name)
-    if os.environ.get(DEBUG_ENV):
-        pm.trace.root.setwriter(lambda text: log.debug("%s", text.rstrip()))
-        pm.enable_tracing()
     return pm
 
 
@@ -125,6 +122,8 @@ class PluginSet:
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
+        #: TORCHSTITCH_DEBUG: log every hook implementation's call and answer (DEBUG level)
+        self._debug = bool(os.environ.get(DEBUG_ENV))
         self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
         self._claimers: list[tuple[pluggy.HookImpl, Any, tuple[str, ...]]] | None = None
         #: strategy name -> Strategy
@@ -183,14 +182,30 @@ class PluginSet:
 
     def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: Mapping[str, Any]) -> Any:
         try:
-            return impl.function(*[kwargs[name] for name in impl.argnames])
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
         except StitchError:
             raise  # a plugin's deliberate, already explained error
         except Exception as exc:
             raise _raised(impl, hook_name, exc, _path_of(kwargs)) from exc
+        if self._debug:
+            where = _path_of(kwargs)
+            log.debug(
+                "%s%s by %s -> %r",
+                hook_name,
+                "" if where is None else f" at {where or '<root>'}",
+                impl.plugin_name,
+                result,
+            )
+        return result
 
     def call_all(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Every implementation's non-``None`` result, with the plugin name, in call order."""
+        if self._debug:
+            return [
+                (impl.plugin_name, result)
+                for impl in self._impls(hook_name)
+                if (result := self._call(impl, hook_name, kwargs)) is not None
+            ]
         # Hot path (the claim hook runs once per module): one try around the loop,
         # the failing implementation is the one the loop variable points at.
         results = []
@@ -210,6 +225,8 @@ class PluginSet:
     def claims(self, module: Any, path: str) -> list[tuple[str, Any]]:
         """``call_all("torchstitch_claim", module=module, path=path)``, specialised: it runs
         once per module of the tree, so planning cost is mostly this loop."""
+        if self._debug:
+            return self.call_all("torchstitch_claim", module=module, path=path)
         claimers = self._claimers
         if claimers is None:
             claimers = self._claimers = [

@@ -449,3 +449,20 @@ class TestPluginsArgument:
     def test_empty_list_is_a_private_manager_with_builtins(self):
         plan = ts.plan(Model(Leaf(), TracedLeaf()), plugins=[])
         assert plan["layers.1"].strategy == "trace"
+
+
+def test_debug_env_logs_every_hook_call(monkeypatch, caplog):
+    monkeypatch.setenv("TORCHSTITCH_DEBUG", "1")
+    caplog.set_level("DEBUG", logger="torchstitch")
+
+    @ts.compile_mode("script")
+    class Scripted(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    ts.plan(torch.nn.Sequential(Scripted()), plugins=[])
+    lines = [r.getMessage() for r in caplog.records if r.name == "torchstitch.core.plugin_manager"]
+    assert any(
+        line.startswith("torchstitch_claim at 0 by compile_mode -> Claim(strategy='script'") for line in lines
+    )
+    assert any(line.startswith("torchstitch_claim at <root> by compile_mode -> None") for line in lines)
