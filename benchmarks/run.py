@@ -742,6 +742,7 @@ def run(mode: str, out_dir: str, profile: bool = False, write_results_md: bool |
     results["targets"] = check_targets(results)
     results["seconds"] = time.perf_counter() - started
     if profile:
+        os.makedirs(out_dir, exist_ok=True)
         results["profiles"] = profile_compiles(cases, out_dir)
 
     table = render(results)

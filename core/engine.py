@@ -499,7 +499,13 @@ class _Run:
     ) -> tuple[torch.nn.Module, Outcome]:
         claimant = None if node.claim is None else node.claim.claimant
         module = self.plugins.call_chain(
-            "torchstitch_prepare", shell, "module", torch.nn.Module, node=node, strategy=strategy
+            "torchstitch_prepare",
+            shell,
+            "module",
+            torch.nn.Module,
+            node=node,
+            strategy=strategy,
+            scratch=self.scratch,
         )
         inputs: TracingInputs = []
         source = None

@@ -95,14 +95,18 @@ def torchstitch_tracing_inputs(
 
 
 @hookspec
-def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy) -> torch.nn.Module | None:
+def torchstitch_prepare(
+    module: torch.nn.Module, node: Node, strategy: Strategy, scratch: dict[Any, Any]
+) -> torch.nn.Module | None:
     """Adapt ``module`` just before ``strategy`` compiles it.
 
     ``module`` is the engine's private shell of the user's module: attributes
     may be replaced on it, but tensors and objects shared with the user's module
     (parameters, buffers, an ``fx.Graph``) must not be mutated in place.
     Return a replacement module or ``None`` to keep it.  Implementations are
-    chained: each sees the result of the one before.
+    chained: each sees the result of the one before.  ``scratch`` is the compile
+    call's memo, shared with strategies (``CompileContext.scratch``): key entries
+    by your plugin's name, to reuse work across identical modules of one call.
     """
 
 

@@ -26,7 +26,9 @@ import sys
 
 import torch
 
+from ...core import graph_modules
 from ...core.claims import Claim, ClaimKind
+from ...core.engine import make_shell
 from ...core.hookspecs import hookimpl
 from ...core.ir import Node
 from ...core.strategy import Strategy, TracingInputs
@@ -85,10 +87,29 @@ def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs
 
 
 @hookimpl
-def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy) -> torch.nn.Module | None:
-    """Make e3nn's fx-generated code scriptable, as ``e3nn.util.jit`` does before scripting."""
+def torchstitch_prepare(
+    module: torch.nn.Module, node: Node, strategy: Strategy, scratch: dict
+) -> torch.nn.Module | None:
+    """Make e3nn's fx-generated code scriptable, as ``e3nn.util.jit`` does before scripting.
+
+    Done once per distinct generated code in a compile call: a large network holds
+    dozens of copies of a few tensor-product kernels, and regenerating Python for
+    each copy was most of torchstitch's own time in a compile.
+    """
     if strategy.family != "torchscript" or not isinstance(module, torch.fx.GraphModule):
         return None
+    key = ("e3nn", "jitable", graph_modules.class_key(module))
+    if key not in scratch:
+        scratch[key] = _jitable(module)
+        return scratch[key]
+    template = scratch[key]
+    if template is None:
+        return None
+    return _rebound(template, module) or _jitable(module)
+
+
+def _jitable(module: torch.fx.GraphModule) -> torch.fx.GraphModule | None:
+    """A ``GraphModule`` on a rewritten private copy of ``module``'s graph, or ``None``."""
     try:
         from opt_einsum_fx import jitable
     except ImportError:
@@ -99,6 +120,32 @@ def torchstitch_prepare(module: torch.nn.Module, node: Node, strategy: Strategy)
     # module: rewrite a private copy, then build one GraphModule on it (tensors stay shared)
     graph = jitable(copy.deepcopy(module.graph))
     return torch.fx.GraphModule(module, graph, type(module).__name__)
+
+
+def _rebound(template: torch.fx.GraphModule, module: torch.fx.GraphModule) -> torch.fx.GraphModule | None:
+    """``template`` (the prepared copy of code identical to ``module``'s) on ``module``'s state.
+
+    A shell of the template: same class, code and graph, so no Python is
+    generated.  What the graph reads is taken from ``module``, as
+    ``fx.GraphModule(module, graph)`` would copy it.  ``None`` if the graph reads
+    nested attributes (``a.b``), which that copy rebuilds as a module hierarchy.
+    """
+    targets = {n.target for n in template.graph.nodes if n.op in ("get_attr", "call_module")}
+    if any("." in target for target in targets):
+        return None
+    shell = make_shell(template)
+    shell.training = module.training
+    for name in targets:
+        value = getattr(module, name)
+        if isinstance(value, torch.nn.Module):
+            shell._modules[name] = value
+        elif isinstance(value, torch.nn.Parameter):
+            shell._parameters[name] = value
+        elif isinstance(value, torch.Tensor):
+            shell._buffers[name] = value
+        else:
+            shell.__dict__[name] = value
+    return shell
 
 
 def _needs_jitable(node: torch.fx.Node) -> bool:

@@ -410,3 +410,63 @@ def test_plugin_does_not_import_e3nn():
         "assert ts.get_plugin_manager().has_plugin('e3nn')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _prepare(module, scratch):
+    from torchstitch.plugins import e3nn as plugin
+    from torchstitch.strategies.script import STRATEGY
+
+    return plugin.torchstitch_prepare(module=module, node=None, strategy=STRATEGY, scratch=scratch)
+
+
+class _Contract(torch.nn.Module):
+    """Generated-code stand-in that jitable rewrites (tensordot with ``dims=``)."""
+
+    def __init__(self, nested: bool):
+        super().__init__()
+        weights = torch.nn.Module() if nested else self
+        weights.register_buffer("w", torch.randn(3, 2))
+        self.weights = weights if nested else None
+        self.nested = nested
+
+    def forward(self, x):
+        w = self.weights.w if self.nested else self.w
+        return torch.tensordot(x, w, dims=([1], [0]))
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested-attribute"])
+def test_jitable_rewrite_is_done_once_per_distinct_code(nested):
+    first, second = (torch.fx.symbolic_trace(_Contract(nested)) for _ in range(2))
+    assert first.code == second.code and not torch.equal(
+        first.get_buffer(_w(nested)), second.get_buffer(_w(nested))
+    )
+    scratch: dict = {}
+    a, b = _prepare(first, scratch), _prepare(second, scratch)
+    for prepared, original in ((a, first), (b, second)):
+        assert "dims = " not in prepared.code  # rewritten for TorchScript
+        assert prepared.get_buffer(_w(nested)) is original.get_buffer(_w(nested))
+        x = torch.randn(4, 3)
+        torch.testing.assert_close(torch.jit.script(prepared)(x), original(x))
+        assert "dims = " in original.code  # the caller's code is untouched
+    if nested:  # nested attributes are rebuilt by fx: no reuse, a fresh rewrite
+        assert a.graph is not b.graph
+    else:  # the second is the first's rewrite on the second's tensors: no Python generated
+        assert type(b) is type(a) and b.graph is a.graph
+
+
+def _w(nested: bool) -> str:
+    return "weights.w" if nested else "w"
+
+
+def test_identical_tensor_products_compile_once_and_match_eager(watch):
+    model = torch.nn.ModuleList(
+        e3nn.o3.FullyConnectedTensorProduct("4x0e+2x1o", "1x0e+1x1o", "3x0e+2x1o") for _ in range(3)
+    )
+    check = watch(model)
+    compiled = ts.compile(model, rules=[ts.Rule("script", path="*")])
+    x, y = torch.randn(5, 10), torch.randn(5, 4)
+    for tp, eager in zip(compiled, model):
+        torch.testing.assert_close(tp(x, y), eager(x, y))
+    kinds = {tp._c._type().qualified_name() for tp in compiled}
+    assert len(kinds) == 1, "one TorchScript type: the three copies compiled once"
+    check()
