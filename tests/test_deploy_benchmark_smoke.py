@@ -10,7 +10,13 @@ import pytest
 pytest.importorskip("e3nn")
 
 DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "deploy.py")
-COMPILER_BUILDS = {"ts_aoti", "direct_aoti", "torch_compile_whole", "ts_inductor_regional"}
+COMPILER_BUILDS = {
+    "ts_aoti",
+    "direct_aoti",
+    "torch_compile_whole",
+    "ts_inductor_regional",
+    "ts_inductor_nested",
+}
 
 pytestmark = [pytest.mark.slow, pytest.mark.e3nn]
 
@@ -69,6 +75,10 @@ def test_targets_and_table(smoke):
         ("medium", "regional_latency"),
         ("large", "regional_build"),
         ("large", "regional_latency"),
+        ("medium", "nested_build"),
+        ("medium", "nested_latency"),
+        ("large", "nested_build"),
+        ("large", "nested_latency"),
     }
     assert all(t["status"] == "skipped" for t in results["targets"])
     for heading in ("Machine:", "Medium: forward latency and build time", "diagnostics", "Targets (issue 6)"):

@@ -16,17 +16,30 @@ same generated code are given one class, so those blocks share a graph too.
 
 Descendants claimed ``unsupported`` (family ``python``) stay in Python inside
 the region: their ``forward`` is wrapped with ``torch.compiler.disable``, a
-graph break. Options (``strategy_options={"inductor": {...}}``) go to
+graph break.
+
+Claiming both a node and blocks below it ``inductor`` (the root and
+``layers.*``, say) compiles the node as one graph in which each block is a
+``torch.compiler.nested_compile_region``: Dynamo traces a block's code once and
+Inductor reuses it for every block that passes the same guards (hierarchical
+compilation).  This keeps the latency of one whole-model graph (no eager glue
+between regions) while repeated blocks are compiled once.  A nested block gets
+private copies of its tensor arguments, as higher-order ops reject inputs that
+alias each other; a block with Python islands inside cannot be a region and is
+traced into the outer graph instead.  Only the outer node's options apply.
+
+Options (``strategy_options={"inductor": {...}}``) go to
 ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ``fullgraph``, ...).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
+from ...core import graph_modules
 from ...core.engine import make_shell
 from ...core.hookspecs import hookimpl
 from ...core.ir import Node
@@ -37,29 +50,71 @@ __all__ = ["STRATEGY", "compile_inductor"]
 log = logging.getLogger(__name__)
 
 
-def _python_nodes(node: Node, strategies: Mapping[str, Strategy]) -> Iterator[Node]:
-    """Descendants of ``node`` claimed by a strategy that keeps them in Python (family
-    ``python``); their own subtrees are not searched."""
+def _descendants(node: Node, strategies: Mapping[str, Strategy], families: set[str]) -> Iterator[Node]:
+    """The topmost descendants of ``node`` claimed by a strategy of one of ``families``;
+    their own subtrees are not searched."""
     for child in node.children:
         strategy = None if child.claim is None else strategies.get(child.claim.strategy)
-        if strategy is not None and strategy.family == "python":
+        if strategy is not None and strategy.family in families:
             yield child
         else:
-            yield from _python_nodes(child, strategies)
+            yield from _descendants(child, strategies, families)
 
 
-def _disable_at(root: torch.nn.Module, relative: list[str]) -> torch.nn.Module:
-    """A copy of the path to ``relative`` below ``root`` (private shells), its end's forward disabled."""
+def _replace_at(
+    root: torch.nn.Module, relative: list[str], replace: Callable[[torch.nn.Module], torch.nn.Module]
+) -> torch.nn.Module:
+    """A copy of the path to ``relative`` below ``root`` (private shells), its end replaced."""
     shell = make_shell(root)
     name, rest = relative[0], relative[1:]
     child = root._modules[name]
-    if rest:
-        shell._modules[name] = _disable_at(child, rest)
-    else:
-        leaf = make_shell(child)
-        leaf.forward = torch.compiler.disable(leaf.forward, recursive=True)
-        shell._modules[name] = leaf
+    shell._modules[name] = _replace_at(child, rest, replace) if rest else replace(child)
     return shell
+
+
+def _disabled(module: torch.nn.Module) -> torch.nn.Module:
+    """A shell of ``module`` whose forward Dynamo skips (a graph break: it runs eagerly)."""
+    leaf = make_shell(module)
+    leaf.forward = torch.compiler.disable(leaf.forward, recursive=True)
+    return leaf
+
+
+def _region_class(cls: type, scratch: dict) -> type:
+    """``cls`` with its forward a ``torch.compiler.nested_compile_region`` (one per class and call).
+
+    Higher-order ops reject inputs that alias each other (``edge_index[0]`` and
+    ``edge_index[1]`` are views of one tensor), so the region receives private
+    copies of its tensor arguments; Inductor fuses the copies into the caller.
+    """
+
+    def make() -> type:
+        region = torch.compiler.nested_compile_region(cls.forward)
+
+        def forward(self, *args, **kwargs):
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+            kwargs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+            return region(self, *args, **kwargs)
+
+        namespace = {"forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        return type(cls.__name__, (cls,), namespace)
+
+    key = ("inductor", "nested-region", cls)
+    if key not in scratch:
+        scratch[key] = make()
+    return scratch[key]
+
+
+def _nested(compiled: torch.nn.Module, scratch: dict) -> torch.nn.Module:
+    """A compiled inductor child as a nested compile region of its parent's graph."""
+    inner = getattr(compiled, "_orig_mod", compiled)  # torch.compile's OptimizedModule
+    shell = make_shell(inner)
+    shell.__class__ = _region_class(type(inner), scratch)
+    return shell
+
+
+def _inlined(compiled: torch.nn.Module) -> torch.nn.Module:
+    """A compiled inductor child traced into its parent's graph (its islands stay disabled)."""
+    return getattr(compiled, "_orig_mod", compiled)
 
 
 def _share_graph_module_classes(module: torch.nn.Module, scratch: dict) -> None:
@@ -69,20 +124,8 @@ def _share_graph_module_classes(module: torch.nn.Module, scratch: dict) -> None:
     node's region is a private shell, never the user's module.
     """
     for sub in module.modules():
-        if not isinstance(sub, torch.fx.GraphModule):
-            continue
-        forward = type(sub).forward
-        names = forward.__code__.co_names
-        # same source and the same global objects behind the names it uses
-        key = (
-            "inductor",
-            "graph-module",
-            sub.code,
-            tuple((n, id(forward.__globals__.get(n))) for n in names),
-        )
-        cls = scratch.setdefault(key, type(sub))
-        if type(sub) is not cls:
-            sub.__class__ = cls
+        if isinstance(sub, torch.fx.GraphModule):
+            sub.__class__ = graph_modules.shared_class(sub, scratch)
 
 
 def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
@@ -92,11 +135,21 @@ def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.
     :param context: ``context.options`` are ``torch.compile`` keyword arguments.
     """
     _share_graph_module_classes(module, context.scratch)
-    prefix = f"{context.node.path}." if context.node.path else ""
-    for python_node in _python_nodes(context.node, context.strategies):
-        relative = python_node.path[len(prefix) :].split(".")
-        module = _disable_at(module, relative)
-        log.debug("%s runs eagerly inside the inductor region", python_node.path)
+    node, strategies = context.node, context.strategies
+    prefix = f"{node.path}." if node.path else ""
+    for inner in _descendants(node, strategies, {"python", "inductor"}):
+        relative = inner.path[len(prefix) :].split(".")
+        if strategies[inner.claim.strategy].family == "python":
+            module = _replace_at(module, relative, _disabled)
+            log.debug("%s runs eagerly inside the inductor region", inner.path)
+        elif any(True for _ in _descendants(inner, strategies, {"python"})):
+            module = _replace_at(module, relative, _inlined)
+            log.debug(
+                "%s is traced into %s's graph (it has Python islands)", inner.path, node.path or "<root>"
+            )
+        else:
+            module = _replace_at(module, relative, lambda m: _nested(m, context.scratch))
+            log.debug("%s is a nested compile region of %s", inner.path, node.path or "<root>")
     return torch.compile(module, **context.options)
 
 

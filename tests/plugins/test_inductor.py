@@ -117,3 +117,82 @@ def test_repeated_blocks_with_generated_fx_code_share_one_graph(watch):
     assert sum(counters["recompiles"].values()) == 0
     assert len({type(block.inner) for block in model}) == 3  # the user's modules keep theirs
     check()
+
+
+class Layer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+
+    def forward(self, x, src, dst):
+        return x + torch.zeros_like(x).index_add(0, dst, torch.tanh(self.lin(x))[src]) * 0.1
+
+
+class Graph(torch.nn.Module):
+    """Glue around repeated layers; ``src`` and ``dst`` are views of one ``edge_index``."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(4, 4)
+        self.layers = torch.nn.ModuleList(Layer() for _ in range(3))
+
+    def forward(self, x, edge_index):
+        src, dst = edge_index[0], edge_index[1]
+        x = self.embed(x)
+        for layer in self.layers:
+            x = layer(x, src, dst)
+        return x.sum(0)
+
+
+def capture_backend(graphs: list):
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend
+
+
+def test_inductor_blocks_under_inductor_are_nested_compile_regions(watch):
+    """Root and layers claimed inductor: one graph, each layer an invoke_subgraph of one subgraph."""
+    model = Graph()
+    check = watch(model)
+    x, edge_index = torch.randn(5, 4), torch.randint(0, 5, (2, 7))
+    graphs: list = []
+    torch._dynamo.reset()
+    compiled = ts.compile(
+        model,
+        rules=[ts.Rule("inductor", path=""), ts.Rule("inductor", path="layers.*")],
+        strategy_options={"inductor": {"backend": capture_backend(graphs)}},
+        verify=False,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, edge_index), model(x, edge_index))
+    assert len(graphs) == 1, "one graph for the whole model"
+    calls = [n for n in graphs[0].graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+    assert len(calls) == 3, graphs[0].code
+    assert len({n.args[0].target for n in calls}) == 1, "the three layers share one subgraph"
+    assert all(type(layer) is Layer for layer in model.layers)
+    check()
+
+
+def test_nested_block_with_an_island_is_traced_into_the_outer_graph(watch):
+    model = Stack()
+    check = watch(model)
+    x = torch.randn(2, 4)
+    graphs: list = []
+    torch._dynamo.reset()
+    Island.calls = 0
+    compiled = ts.compile(
+        model,
+        rules=[ts.Rule("inductor", path=""), ts.Rule("inductor", path="blocks.*")],
+        strategy_options={"inductor": {"backend": capture_backend(graphs)}},
+        verify=False,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert Island.calls == 6  # three islands ran eagerly in the compiled call, three in eager
+    assert graphs, "the blocks' code was compiled"
+    assert not any(
+        n.target is torch.ops.higher_order.invoke_subgraph for g in graphs for n in g.graph.nodes
+    ), "a block with a graph break cannot be a nested region"
+    check()
