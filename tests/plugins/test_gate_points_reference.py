@@ -77,3 +77,33 @@ def test_e3nn_jit_script_works_too():
     assert isinstance(scripted, torch.jit.ScriptModule)
     x = atoms(14, seed=5, density=0.2)
     torch.testing.assert_close(scripted(*x), model(*x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [
+            ts.Rule("unsupported", path=""),
+            ts.Rule("inductor", path="layers.*"),
+            ts.Rule(None, path="layers.*.**"),
+        ],
+        [ts.Rule("inductor", path=""), ts.Rule("inductor", path="layers.*"), ts.Rule(None, path="**")],
+    ],
+    ids=["regional", "nested"],
+)
+def test_torch_compile_layouts_of_docs_deploying(rules, watch):
+    """The two torch.compile layouts docs/deploying.md shows, on e3nn's generated code with
+    ``edge_index[0]``/``edge_index[1]`` (aliasing views) passed into every layer."""
+    torch.manual_seed(0)
+    model = GatePoints(n_layers=3, lmax=1, channels=4).eval()
+    check = watch(model)
+    example = atoms(12, seed=2, density=0.2)
+    torch._dynamo.reset()
+    result = ts.compile(
+        model, example_inputs=example, rules=rules, strategy_options={"inductor": {"backend": "aot_eager"}}
+    )
+    other = atoms(14, seed=3, density=0.2)
+    with torch.no_grad():
+        torch.testing.assert_close(result(*other), model(*other), atol=1e-5, rtol=1e-5)
+    check()
