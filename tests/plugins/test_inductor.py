@@ -144,12 +144,24 @@ class Graph(torch.nn.Module):
         return x.sum(0)
 
 
-def capture_backend(graphs: list):
+def compile_nested(model: torch.nn.Module, blocks: str, graphs: list) -> torch.nn.Module:
+    """The root and ``blocks`` claimed inductor; Dynamo's graphs are appended to ``graphs``."""
+
     def backend(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
 
-    return backend
+    torch._dynamo.reset()
+    return ts.compile(
+        model,
+        rules=[ts.Rule("inductor", path=""), ts.Rule("inductor", path=blocks)],
+        strategy_options={"inductor": {"backend": backend}},
+        verify=False,
+    )
+
+
+def subgraph_calls(gm: torch.fx.GraphModule) -> list:
+    return [n for n in gm.graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
 
 
 def test_inductor_blocks_under_inductor_are_nested_compile_regions(watch):
@@ -158,17 +170,11 @@ def test_inductor_blocks_under_inductor_are_nested_compile_regions(watch):
     check = watch(model)
     x, edge_index = torch.randn(5, 4), torch.randint(0, 5, (2, 7))
     graphs: list = []
-    torch._dynamo.reset()
-    compiled = ts.compile(
-        model,
-        rules=[ts.Rule("inductor", path=""), ts.Rule("inductor", path="layers.*")],
-        strategy_options={"inductor": {"backend": capture_backend(graphs)}},
-        verify=False,
-    )
+    compiled = compile_nested(model, "layers.*", graphs)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, edge_index), model(x, edge_index))
     assert len(graphs) == 1, "one graph for the whole model"
-    calls = [n for n in graphs[0].graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+    calls = subgraph_calls(graphs[0])
     assert len(calls) == 3, graphs[0].code
     assert len({n.args[0].target for n in calls}) == 1, "the three layers share one subgraph"
     assert all(type(layer) is Layer for layer in model.layers)
@@ -180,19 +186,11 @@ def test_nested_block_with_an_island_is_traced_into_the_outer_graph(watch):
     check = watch(model)
     x = torch.randn(2, 4)
     graphs: list = []
-    torch._dynamo.reset()
     Island.calls = 0
-    compiled = ts.compile(
-        model,
-        rules=[ts.Rule("inductor", path=""), ts.Rule("inductor", path="blocks.*")],
-        strategy_options={"inductor": {"backend": capture_backend(graphs)}},
-        verify=False,
-    )
+    compiled = compile_nested(model, "blocks.*", graphs)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
     assert Island.calls == 6  # three islands ran eagerly in the compiled call, three in eager
     assert graphs, "the blocks' code was compiled"
-    assert not any(
-        n.target is torch.ops.higher_order.invoke_subgraph for g in graphs for n in g.graph.nodes
-    ), "a block with a graph break cannot be a nested region"
+    assert not any(subgraph_calls(g) for g in graphs), "a block with a graph break cannot be a nested region"
     check()
