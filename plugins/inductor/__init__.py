@@ -84,7 +84,9 @@ def _region_class(cls: type, scratch: dict) -> type:
 
     Higher-order ops reject inputs that alias each other (``edge_index[0]`` and
     ``edge_index[1]`` are views of one tensor), so the region receives private
-    copies of its tensor arguments; Inductor fuses the copies into the caller.
+    copies of its tensor arguments: one copy per argument and call, which kept
+    the reference networks within a few percent of whole-model latency
+    (``benchmarks/deploy.py``).
     """
 
     def make() -> type:
@@ -129,7 +131,10 @@ def _share_graph_module_classes(module: torch.nn.Module, scratch: dict) -> None:
 
 
 def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
-    """``torch.compile`` the node's shell; ``unsupported`` descendants run eagerly.
+    """``torch.compile`` the node's shell.
+
+    ``unsupported`` descendants run eagerly; ``inductor`` descendants become nested
+    compile regions of this graph, or are traced into it if they hold Python islands.
 
     :param module: the node's shell, compiled children stitched in.
     :param context: ``context.options`` are ``torch.compile`` keyword arguments.
@@ -142,7 +147,7 @@ def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.
         if strategies[inner.claim.strategy].family == "python":
             module = _replace_at(module, relative, _disabled)
             log.debug("%s runs eagerly inside the inductor region", inner.path)
-        elif any(True for _ in _descendants(inner, strategies, {"python"})):
+        elif next(_descendants(inner, strategies, {"python"}), None) is not None:
             module = _replace_at(module, relative, _inlined)
             log.debug(
                 "%s is traced into %s's graph (it has Python islands)", inner.path, node.path or "<root>"
