@@ -101,7 +101,8 @@ def torchstitch_prepare(
     key = ("e3nn", "jitable", graph_modules.class_key(module))
     if key not in scratch:
         scratch[key] = _jitable(module)
-        return scratch[key]
+        # the memo keeps the template; strategies get shells they may change
+        return None if scratch[key] is None else make_shell(scratch[key])
     template = scratch[key]
     if template is None:
         return None
