@@ -13,9 +13,17 @@ handling here.  In e3nn 0.6.0 they are read only when a module is *built*
 the generated code), never while a built module is compiled or run.  With
 torch >= 2.10 e3nn defaults to ``jit_mode="eager"``, so generated code reaches
 torchstitch as ``fx.GraphModule``s, which this plugin claims ``script`` (kind
-``rule``) and makes scriptable with ``opt_einsum_fx.jitable`` on a private copy
-of the graph; under ``jit_mode="script"`` it arrives already scripted and the
+``rule``); under ``jit_mode="script"`` it arrives already scripted and the
 planner treats it as a compiled leaf.  So compiling never changes the flags.
+
+``e3nn.util.jit`` runs ``opt_einsum_fx.jitable`` on every ``GraphModule`` before
+scripting it, rewriting ``tensordot(dims=...)`` and ``permute(*dims)`` into the
+forms old TorchScript accepted, and regenerating its Python.  TorchScript in
+torch 2.13 compiles both as fx writes them, to the same code
+(``tests/plugins/test_e3nn_plugin.py`` checks it on every generated kernel of the
+reference networks), so from 2.13 on the plugin scripts generated code as it is.
+Older torch gets the rewrite, on a private copy of the graph, once per distinct
+code in a compile call.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: the class/instance attribute e3nn's ``@compile_mode`` writes
 E3NN_MODE_ATTR = "__e3nn_compile_mode__"
+#: whether fx code needs ``opt_einsum_fx.jitable`` before TorchScript compiles it (torch < 2.13)
+REWRITE_FOR_TORCHSCRIPT = tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 13)
 _UNSET = object()
 
 
@@ -90,13 +100,17 @@ def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs
 def torchstitch_prepare(
     module: torch.nn.Module, node: Node, strategy: Strategy, scratch: dict
 ) -> torch.nn.Module | None:
-    """Make e3nn's fx-generated code scriptable, as ``e3nn.util.jit`` does before scripting.
+    """Make e3nn's fx-generated code scriptable for torch < 2.13, as ``e3nn.util.jit`` does.
 
     Done once per distinct generated code in a compile call: a large network holds
     dozens of copies of a few tensor-product kernels, and regenerating Python for
-    each copy was most of torchstitch's own time in a compile.
+    each copy would be most of torchstitch's own time in a compile.
     """
-    if strategy.family != "torchscript" or not isinstance(module, torch.fx.GraphModule):
+    if (
+        not REWRITE_FOR_TORCHSCRIPT
+        or strategy.family != "torchscript"
+        or not isinstance(module, torch.fx.GraphModule)
+    ):
         return None
     key = ("e3nn", "jitable", graph_modules.class_key(module))
     if key not in scratch:

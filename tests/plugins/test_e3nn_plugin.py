@@ -435,7 +435,10 @@ class _Contract(torch.nn.Module):
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested-attribute"])
-def test_jitable_rewrite_is_done_once_per_distinct_code(nested):
+def test_jitable_rewrite_is_done_once_per_distinct_code(nested, monkeypatch):
+    from torchstitch.plugins import e3nn as plugin
+
+    monkeypatch.setattr(plugin, "REWRITE_FOR_TORCHSCRIPT", True)  # as on torch < 2.13
     first, second = (torch.fx.symbolic_trace(_Contract(nested)) for _ in range(2))
     assert first.code == second.code and not torch.equal(
         first.get_buffer(_w(nested)), second.get_buffer(_w(nested))
@@ -470,3 +473,57 @@ def test_identical_tensor_products_compile_once_and_match_eager(watch):
     kinds = {tp._c._type().qualified_name() for tp in compiled}
     assert len(kinds) == 1, "one TorchScript type: the three copies compiled once"
     check()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
+@pytest.mark.skipif(
+    tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 13),
+    reason="the e3nn plugin rewrites generated code for TorchScript before torch 2.13",
+)
+def test_torchscript_compiles_generated_code_as_written():
+    """The premise of skipping jitable on torch >= 2.13: every generated kernel of the reference
+    networks that jitable would rewrite scripts as fx wrote it, to the code jitable's gives."""
+    import copy
+
+    from opt_einsum_fx import jitable
+    from reference_models import GatePoints, NequIPStyle
+
+    from torchstitch.plugins import e3nn as plugin
+    from torchstitch.strategies.script import scriptable_graph_module
+
+    assert not plugin.REWRITE_FOR_TORCHSCRIPT
+    checked = 0
+    for model in (GatePoints(n_layers=2, lmax=2, channels=4), NequIPStyle(n_layers=2, lmax=2, channels=4)):
+        kernels = [
+            m
+            for m in model.modules()
+            if isinstance(m, torch.fx.GraphModule) and any(plugin._needs_jitable(n) for n in m.graph.nodes)
+        ]
+        seen = _kernel_inputs(model, kernels)
+        for kernel in kernels:
+            as_written = torch.jit.script(scriptable_graph_module(kernel, {}))
+            rewritten = torch.jit.script(torch.fx.GraphModule(kernel, jitable(copy.deepcopy(kernel.graph))))
+            assert as_written.code == rewritten.code
+            with torch.no_grad():
+                torch.testing.assert_close(as_written(*seen[kernel]), kernel(*seen[kernel]))
+            checked += 1
+    assert checked >= 4
+
+
+def _kernel_inputs(model: torch.nn.Module, kernels: list) -> dict:
+    """The arguments each of ``kernels`` gets in one eager run of ``model`` on random atoms."""
+    from reference_models import atoms
+
+    seen: dict = {}
+
+    def record(module, args, output):
+        seen.setdefault(module, args)
+
+    hooks = [kernel.register_forward_hook(record) for kernel in kernels]
+    try:
+        with torch.no_grad():
+            model(*atoms(10, seed=4, density=0.2))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
