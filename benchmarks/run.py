@@ -119,7 +119,7 @@ SETTINGS = {
         plan_repeats=15,
         compile_repeats={"seed": 9, "medium": 5, "large": 3, "nequip_medium": 5},
         memory_repeats=3,
-        latency_rounds=15,
+        latency_rounds=25,
         latency_batch_s=0.06,
         latency_all_threads=True,
         latency_budget_s=12.0,
@@ -687,8 +687,8 @@ ANALYSIS = """\
 Written by hand from profiles (`--profile` writes them next to the JSON); the tables above are
 this run's numbers.
 
-- Compile time (about 0.5x e3nn).  torchstitch makes e3nn's `torch.jit.script` calls.  Three
-  things make TorchScript do less work for them:
+- Compile time (about 0.5x e3nn).  torchstitch makes e3nn's `torch.jit.script` calls, and
+  three things make TorchScript and torchstitch do less work for them:
   - fx gives every `GraphModule` a class of its own, so TorchScript's type cache never saw
     two copies of e3nn's generated tensor-product code as alike.  torchstitch scripts private
     shells that share one class per distinct code (`core/graph_modules.py`).  TorchScript then
@@ -696,22 +696,26 @@ this run's numbers.
   - TorchScript tried, and failed, to compile the `torch.fx.Graph` attribute of every
     `GraphModule` as a TorchScript class, re-reading the source of all its methods: about 40%
     of the time spent scripting generated code.  The shells tell TorchScript to ignore it.
-  - The e3nn plugin rewrites each distinct generated code once with `jitable` and rebinds the
-    result onto the other copies' tensors.
-- Overhead (time outside torch.jit, about 6-7% on the networks, 10% on seed: MISS).  The
-  absolute time is below e3nn's own time outside torch.jit; the share grew because the time
-  inside fell by half.  Measured without a profiler:
-  - medium, 31 ms: the `jitable` rewrites 14 ms, verifying the 15 traced nodes against eager
-    7 ms, tracing inputs 2 ms, shells 1 ms, planning and bookkeeping the rest;
-  - large, 63 ms: rewrites 26 ms, verification 14 ms, inputs 3 ms, shells 2 ms.
-  - Each rewrite is fx regenerating the Python of one distinct kernel, which TorchScript needs
-    (it cannot compile `tensordot(dims=...)` or `permute(*dims)`); e3nn regenerates it for
-    every copy.
-  - Verification runs each traced node eagerly and compiled on its tracing inputs; it stands
-    in for torch's `check_trace` re-trace, which e3nn uses.
+  - e3nn runs `opt_einsum_fx.jitable` on every generated kernel, regenerating its Python, so
+    that old TorchScript accepts `tensordot(dims=...)` and `permute(*dims)`.  TorchScript in
+    torch 2.13 compiles both as written, to the same code (a test checks every kernel of both
+    networks), so torchstitch skips the rewrite there.  On older torch it rewrites each
+    distinct kernel once.
+- Overhead (time outside torch.jit): about 4% on the networks (PASS), about 10% on seed
+  (MISS).
+  - Measured without a profiler: medium 16 ms, of which verifying the 15 traced nodes 6 ms,
+    tracing inputs 1 ms and shells 1 ms; large 33 ms, of which verification 14 ms, inputs
+    3 ms and shells 1 ms.  Planning and bookkeeping make up the rest.
+  - Seed's 3 ms out of about 30 ms are mostly the verification of its one traced node.  Its
+    first call of the traced TorchScript module pays TorchScript's profiling run (2 ms in
+    the profile).  DESIGN.md asks for that verification on every traced node.
 - With `example_inputs`: one eager run to record inputs and one run of the compiled model to
   verify it, both without autograd graphs.  Their activations are the extra peak memory
-  (about 140 MiB on large); `verify=False` skips the second run."""
+  (110 to 160 MiB on large across runs); `verify=False` skips the second run.
+- Latency rows compare the same TorchScript programs (torchstitch makes e3nn's script and
+  trace calls), so their ratios scatter around 1.00.  On this shared 2-core machine a single
+  row can land a few percent off: the 2-thread rows of large have the fewest calls per
+  round."""
 
 
 def _calls(calls: dict) -> str:
