@@ -701,17 +701,22 @@ this run's numbers.
     torch 2.13 compiles both as written, to the same code (a test checks every kernel of both
     networks), so torchstitch skips the rewrite there.  On older torch it rewrites each
     distinct kernel once.
-- Overhead (time outside torch.jit): about 4% on the networks (PASS), about 10% on seed
-  (MISS).
-  - Measured without a profiler: medium 16 ms, of which verifying the 15 traced nodes 6 ms,
-    tracing inputs 1 ms and shells 1 ms; large 33 ms, of which verification 14 ms, inputs
-    3 ms and shells 1 ms.  Planning and bookkeeping make up the rest.
-  - Seed's 3 ms out of about 30 ms are mostly the verification of its one traced node.  Its
-    first call of the traced TorchScript module pays TorchScript's profiling run (2 ms in
-    the profile).  DESIGN.md asks for that verification on every traced node.
+- Overhead (time outside torch.jit): about 3% on the networks (PASS), about 5-6% on seed
+  (MISS by a millisecond).
+  - Measured without a profiler: medium 12 ms, of which verifying the 15 traced nodes 3 ms,
+    tracing inputs 1 ms and shells 1 ms; large 28 ms, of which verification 8 ms, inputs
+    3 ms and shells 2 ms.  Planning, hooks and bookkeeping make up the rest.
+  - Seed: 1.5 ms out of about 30 ms, half of it verifying its one traced node, which
+    DESIGN.md asks for on every traced node.
+  - Verification runs compiled modules without TorchScript's graph optimizer.  Their first
+    optimized calls are profiling runs (2.35 ms against 0.61 ms for seed's traced node), and
+    would fix the shapes TorchScript specializes for from tracing inputs.  The caller's first
+    real calls do that instead, as after e3nn's compile.
 - With `example_inputs`: one eager run to record inputs and one run of the compiled model to
-  verify it, both without autograd graphs.  Their activations are the extra peak memory
-  (110 to 160 MiB on large across runs); `verify=False` skips the second run.
+  verify it, both without autograd graphs and the second without the graph optimizer.  What
+  the recording keeps (inputs and outputs of the recorded modules) and the two runs'
+  activations are the extra peak memory (about 60 MiB on large); `verify=False` skips the
+  second run.
 - Latency rows compare the same TorchScript programs (torchstitch makes e3nn's script and
   trace calls), so their ratios scatter around 1.00.  On this shared 2-core machine a single
   row can land a few percent off: the 2-thread rows of large have the fewest calls per
