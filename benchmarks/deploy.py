@@ -599,17 +599,17 @@ ANALYSIS = """\
   is one graph and each layer a `torch.compiler.nested_compile_region` inside it.  Both
   compile two distinct layer graphs on both sizes: layer 0 reads the `Nx0e` embedding, so
   its Convolution and Gate differ from the later layers, which all share one.
-- Regional build.  Large (6 layers, 2 distinct): about 0.46x whole: PASS.  Medium (3
-  layers, 2 distinct): about 0.75x: MISS, and it cannot reach 0.5x.  What bounds it is
+- Regional build.  Large (6 layers, 2 distinct): about 0.46-0.48x whole: PASS.  Medium (3
+  layers, 2 distinct): about 0.75-0.8x: MISS, and it cannot reach 0.5x.  What bounds it is
   the C++ kernel compilation (`cpp_kernels`, `kernel_compile_wait_s` in the diagnostics):
   Inductor compiles each distinct kernel source once per process, so whole-model
   torch.compile already compiles layer 2's kernels only once (layers 1 and 2 generate the
   same code).  Regional compiles 21 distinct kernels on medium against whole's 24, and
-  waits about 6 s for them out of its 10 s build (whole: 7 s of 13 s).  The repeated
-  layer only saves Dynamo tracing, AOTAutograd and Inductor lowering, about a third of
-  whole's remaining ~6 s.  So regional's floor on medium is about (6 + 2/3 x 6) / 13, some
-  0.75x.  On large the same split favours regional (36 kernels against 40, and four of six
-  layers are repeats).
+  waits 5-6 s for them out of its 9-10 s build (whole: 6-7 s of 12-13 s, across runs).
+  The repeated layer only saves Dynamo tracing, AOTAutograd and Inductor lowering, about a
+  third of whole's remaining ~6 s.  So regional's floor on medium is about
+  (5.5 + 2/3 x 6) / 12.5, some 0.75-0.8x.  On large the same split favours regional (36
+  kernels against 40, and four of six layers are repeats).
 - Regional latency.  The gap to whole-model torch.compile is a fixed per-call cost of about
   0.3 ms on medium (`regional_minus_whole_ms`): about 1.5x medium's ~0.6 ms, MISS.  That
   cost is the root's glue running eagerly (edge vectors, lengths, the loop), the
@@ -617,8 +617,8 @@ ANALYSIS = """\
   instead of one.  On large's ~70 ms it disappears in the noise: 0.99x to 1.09x across
   runs, PASS (limit 1.1).
 - Nested regions remove that per-call cost: latency within a few percent of whole-model
-  torch.compile on both sizes (PASS).  The build saves less: about 0.9x on medium and 0.52x
-  on large (MISS).  The glue, `sh`/`embed`/`readout` and every layer's call site are
+  torch.compile on both sizes (PASS).  The build saves less: about 0.9x on medium and
+  0.52-0.54x on large (MISS).  The glue, `sh`/`embed`/`readout` and every layer's call site are
   compiled into the one outer graph, and it compiles as many distinct kernels as whole
   (`cpp_kernels`).
 - What to use: regional when build time matters and the network has many repeated layers;
