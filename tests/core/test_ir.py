@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 
 import attrs
@@ -346,7 +347,7 @@ class TestJson:
         for seed in ("0", "12345"):
             env = dict(os.environ, PYTHONHASHSEED=seed)
             proc = subprocess.run(
-                ["/work/venv/bin/python", str(script)],
+                [sys.executable, str(script)],
                 env=env,
                 capture_output=True,
                 timeout=120,
