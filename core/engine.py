@@ -27,7 +27,7 @@ from .errors import (
     TracingInputsError,
     VerificationError,
     display_path,
-    first_line,
+    exception_summary,
 )
 from .inputs import (
     Recording,
@@ -39,7 +39,7 @@ from .inputs import (
     record,
 )
 from .ir import Attempt, Node, Outcome, Plan
-from .locate import locate
+from .locate import Divergence, locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
@@ -519,7 +519,7 @@ class _Run:
             raise
         except Exception as exc:
             raise NodeCompileError(
-                f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {first_line(exc)}",
+                f"{strategy.name} failed on {node.type_name}: {exception_summary(exc)}",
                 path=node.path,
                 strategy=strategy.name,
                 claimant=claimant,
@@ -647,8 +647,7 @@ class _Run:
             return call_for_values(fn, args)
         except Exception as exc:
             raise VerificationError(
-                f"running the {which} module on its tracing inputs raised "
-                f"{type(exc).__name__}: {first_line(exc)}",
+                f"running the {which} module on its tracing inputs raised {exception_summary(exc)}",
                 path=node.path,
                 strategy=strategy.name,
                 claimant=None if node.claim is None else node.claim.claimant,
@@ -661,21 +660,10 @@ class _Run:
         try:
             actual = _call_unoptimized(compiled, self.example_args)
         except Exception as exc:
-            raise VerificationError(
-                f"the compiled model raised {type(exc).__name__} on example_inputs: {first_line(exc)}",
-                path="",
-                strategy=None if claim is None else claim.strategy,
-                claimant=None if claim is None else claim.claimant,
-            ) from exc
+            raise self._root_raised(compiled, exc) from exc
         diff, mismatch = compare(self.recording.root_output, actual, self.options.tolerance)
         if mismatch is not None:
-            culprits = locate(
-                self.modules[""],
-                compiled,
-                self.example_args,
-                paths=self.compiled_paths,
-                tolerance=self.options.tolerance,
-            )
+            culprits = self._culprits(compiled)
             if culprits:
                 where = "; ".join(str(c) for c in culprits)
                 hint = f" Compiled submodules that diverge on their own inputs (deepest): {where}"
@@ -698,6 +686,43 @@ class _Run:
             previous,
             n_verified=previous.n_verified + 1,
             max_abs_diff=max(diff, previous.max_abs_diff or 0.0),
+        )
+
+    def _culprits(self, compiled: torch.nn.Module) -> list[Divergence]:
+        """The deepest compiled pieces that raise, or differ from eager, on their own inputs."""
+        try:
+            return locate(
+                self.modules[""],
+                compiled,
+                self.example_args,
+                paths=self.compiled_paths,
+                tolerance=self.options.tolerance,
+            )
+        except StitchError:  # the eager model failed this time: no piece to blame
+            log.debug("could not probe the compiled pieces", exc_info=True)
+            return []
+
+    def _root_raised(self, compiled: torch.nn.Module, exc: Exception) -> VerificationError:
+        """The error for a compiled model that raised on ``example_inputs``: at the deepest
+        compiled pieces that fail on their own inputs (a child whose ``@torch.jit.unused``
+        method runs, or whose output a Python parent cannot use), else at the root."""
+        culprits = self._culprits(compiled)
+        where = culprits[0].path if culprits else ""
+        claim = self.plan[where].claim
+        if not culprits:
+            hint = ". No compiled submodule fails on its own inputs: the error comes from how they are combined"
+        elif where:
+            hint = ". Compiled submodules that fail on their own inputs (deepest): " + "; ".join(
+                str(c) for c in culprits
+            )
+        else:
+            hint = ""  # the root itself, and none of its compiled children
+        return VerificationError(
+            f"the compiled model raised on example_inputs: {exception_summary(exc)}{hint}",
+            culprits=culprits,
+            path=where,
+            strategy=None if claim is None else claim.strategy,
+            claimant=None if claim is None else claim.claimant,
         )
 
     # -- reporting -----------------------------------------------------------

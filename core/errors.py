@@ -16,14 +16,46 @@ __all__ = [
     "TorchstitchWarning",
     "TorchScriptDeprecationWarning",
     "display_path",
+    "exception_summary",
     "first_line",
 ]
+
+#: how every error TorchScript's interpreter raises begins (``torch.jit.Error`` or ``RuntimeError``)
+_INTERPRETER_ERROR = "The following operation failed in the TorchScript interpreter."
 
 
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line summaries."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` for one-line reports of an exception.
+
+    An error raised inside TorchScript's interpreter says only "The following
+    operation failed in the TorchScript interpreter." on its first line; the
+    original exception's type and message (``builtins.ValueError: ...``,
+    ``RuntimeError: ...``) follow the last ``<--- HERE`` marker of its
+    tracebacks, and that is what this reports.
+    """
+    cause = _interpreter_cause(str(exc))
+    if cause is not None:
+        return cause
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def _interpreter_cause(text: str) -> str | None:
+    """The first line of the original exception in a TorchScript interpreter error's text."""
+    if not text.lstrip().startswith(_INTERPRETER_ERROR):
+        return None
+    lines = text.splitlines()
+    marks = [i for i, line in enumerate(lines) if "<--- HERE" in line]
+    # after the last marker come indented lines of source context, then the original exception
+    for line in lines[marks[-1] + 1 if marks else 1 :]:
+        if line and not line[0].isspace() and not line.startswith("Traceback of TorchScript"):
+            return line.removeprefix("builtins.")
+    return None
 
 
 def display_path(path: str) -> str:
@@ -168,8 +200,13 @@ def _rebuild_plugin_error(message, plugin, hook, path, strategy, claimant):
     return PluginError(message, plugin=plugin, hook=hook, path=path, strategy=strategy, claimant=claimant)
 
 
-class ArtifactError(StitchError):
-    """A compiled model cannot be saved in the asked format, or a file is not a torchstitch artifact."""
+class ArtifactError(StitchError, OSError):
+    """A compiled model cannot be saved (in the asked format, or to the asked path),
+    or a file is not a torchstitch artifact.
+
+    It is also an :class:`OSError`, like the errors of writing and reading files
+    it stands for (a missing directory, a file in the way, no such file).
+    """
 
 
 class TorchstitchWarning(UserWarning):

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import display_path
+from .errors import display_path, exception_summary
 from .inputs import as_example_args, call_for_values, record
 from .verify import Tolerance, compare
 
@@ -57,9 +57,11 @@ def locate(
 
     ``eager`` runs once on ``example_inputs`` with every submodule's inputs and
     outputs recorded; each compiled counterpart (found by path in ``compiled``)
-    then runs on the same inputs.  Returns the *deepest* divergent submodules —
-    those with no divergent compiled descendant — since a parent that contains
-    a wrong child is wrong too.
+    then runs on the same inputs.  A counterpart that raises diverges too (its
+    detail is the exception, TorchScript's interpreter errors reduced to their
+    original cause).  Returns the *deepest* divergent submodules — those with no
+    divergent compiled descendant — since a parent that contains a wrong child
+    is wrong too.
 
     :param paths: the submodules to check; by default every path whose module in
         ``compiled`` is a different object from the one in ``eager``.
@@ -81,13 +83,13 @@ def locate(
     diverging: list[Divergence] = []
     for path in targets:
         twin = _counterpart(compiled, path)
-        if twin is None:
+        if twin is None or not _callable_alone(twin):
             continue
         for call, expected in zip(recording.inputs.get(path, ()), recording.outputs.get(path, ())):
             try:
                 actual = call_for_values(twin, call["forward"])
             except Exception as exc:  # a compiled piece that cannot even run is a culprit
-                diverging.append(Divergence(path, float("nan"), f"raised {type(exc).__name__}: {exc}"))
+                diverging.append(Divergence(path, float("nan"), f"raised {exception_summary(exc)}"))
                 break
             largest, mismatch = compare(expected, actual, tolerance)
             if mismatch is not None:

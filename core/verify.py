@@ -41,7 +41,12 @@ class Mismatch:
 
 
 def compare(expected: Any, actual: Any, tolerance: Tolerance) -> tuple[float, Mismatch | None]:
-    """Largest absolute difference over all tensors, and the first mismatch (or ``None``)."""
+    """Largest absolute difference over all tensors, and the first mismatch (or ``None``).
+
+    Containers must be of the same kind (a NamedTuple with the same fields, a
+    tuple, a list, a dict with the same keys) and the same length; tensors of the
+    same shape and dtype, equal within ``tolerance``.
+    """
     state = {"max": 0.0, "mismatch": None}
     _compare(expected, actual, tolerance, "output", state)
     return state["max"], state["mismatch"]
@@ -86,14 +91,16 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
         if bool((diff > atol + rtol * e.abs()).any()):
             _fail(state, where, f"values differ by up to {largest:.3g}", largest)
         return None
+    if _container_kind(expected) != _container_kind(actual):
+        return _fail(state, where, f"expected {_shape(expected)}, got {_shape(actual)}")
     if isinstance(expected, (tuple, list)):
-        if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
-            return _fail(state, where, f"expected a sequence of {len(expected)}, got {_shape(actual)}")
+        if len(actual) != len(expected):
+            return _fail(state, where, f"expected {_shape(expected)}, got {_shape(actual)}")
         for i, (x, y) in enumerate(zip(expected, actual)):
             _compare(x, y, tol, f"{where}[{i}]", state)
         return None
     if isinstance(expected, dict):
-        if not isinstance(actual, dict) or set(actual) != set(expected):
+        if set(actual) != set(expected):
             return _fail(state, where, f"expected keys {sorted(map(str, expected))}, got {_shape(actual)}")
         for key in expected:
             _compare(expected[key], actual[key], tol, f"{where}[{key!r}]", state)
@@ -110,7 +117,30 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
     return None
 
 
+def _container_kind(value: Any) -> tuple[str, ...] | None:
+    """What a caller of the output can rely on: a NamedTuple's fields, a tuple, a list, a dict.
+
+    Verification compares containers by kind, not by class, because TorchScript
+    rebuilds them: a scripted NamedTuple comes back as a namedtuple class of
+    TorchScript's making with the same fields, a dict subclass as a plain dict
+    (and recorded eager outputs keep no dict subclass either).  What must match
+    is what a parent reads: ``out.field`` needs the same fields (a trace returns
+    a NamedTuple as a plain tuple, which verification refuses), ``out.append``
+    a list, ``out[0]`` a sequence and ``out["key"]`` a dict.
+    """
+    if isinstance(value, tuple):
+        fields = getattr(value, "_fields", None)
+        return ("namedtuple", *fields) if isinstance(fields, tuple) else ("tuple",)
+    if isinstance(value, list):
+        return ("list",)
+    if isinstance(value, dict):
+        return ("dict",)
+    return None
+
+
 def _shape(value: Any) -> str:
+    if isinstance(value, tuple) and isinstance(getattr(value, "_fields", None), tuple):
+        return f"a NamedTuple {type(value).__name__}({', '.join(value._fields)})"
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
     if isinstance(value, dict):
