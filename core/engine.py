@@ -709,16 +709,19 @@ class _Run:
         culprits = self._culprits(compiled)
         where = culprits[0].path if culprits else ""
         claim = self.plan[where].claim
+        summary = exception_summary(exc)
         if not culprits:
-            hint = ". No compiled submodule fails on its own inputs: the error comes from how they are combined"
+            hint = " No compiled submodule fails on its own inputs: the error comes from how they are combined"
         elif where:
-            hint = ". Compiled submodules that fail on their own inputs (deepest): " + "; ".join(
+            hint = " Compiled submodules that fail on their own inputs (deepest): " + "; ".join(
                 str(c) for c in culprits
             )
         else:
             hint = ""  # the root itself, and none of its compiled children
         return VerificationError(
-            f"the compiled model raised on example_inputs: {exception_summary(exc)}{hint}",
+            f"the compiled model raised on example_inputs: {summary}"
+            + ("" if summary.endswith(".") else ".")
+            + hint,
             culprits=culprits,
             path=where,
             strategy=None if claim is None else claim.strategy,

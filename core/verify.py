@@ -91,8 +91,16 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
         if bool((diff > atol + rtol * e.abs()).any()):
             _fail(state, where, f"values differ by up to {largest:.3g}", largest)
         return None
-    if _container_kind(expected) != _container_kind(actual):
-        return _fail(state, where, f"expected {_shape(expected)}, got {_shape(actual)}")
+    kind = _container_kind(expected)
+    if kind != _container_kind(actual):
+        lost = kind is not None and kind[0] == "namedtuple" and isinstance(actual, tuple)
+        hint = (
+            " (torch.jit.trace returns NamedTuples as plain tuples: claim the module 'script', "
+            "which keeps the fields, or return a plain tuple)"
+            if lost
+            else ""
+        )
+        return _fail(state, where, f"expected {_shape(expected)}, got {_shape(actual)}{hint}")
     if isinstance(expected, (tuple, list)):
         if len(actual) != len(expected):
             return _fail(state, where, f"expected {_shape(expected)}, got {_shape(actual)}")

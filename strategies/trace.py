@@ -9,6 +9,18 @@ from ..core.strategy import CompileContext, Strategy
 
 
 def compile_trace(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
+    """``torch.jit.trace_module`` of the node on its first tracing input.
+
+    A traced module returns a ``NamedTuple`` output as a plain tuple. The engine's
+    verification refuses that (``VerificationError`` at the node, naming both
+    types) rather than this strategy wrapping the traced module to rebuild the
+    ``NamedTuple``: a Python wrapper is not a ``ScriptModule``, so it could not be
+    saved nor stitched into a TorchScript parent, and a parent reading
+    ``out.field`` would work only when left in Python. ``script`` keeps the fields.
+
+    The module's ``training`` flag is fixed in the trace: see
+    :mod:`torchstitch.core.training_mode`.
+    """
     options = dict(context.options)
     # torch's own check re-traces the module for every check input (two thirds of
     # the cost of tracing small modules); the engine verifies the traced module
