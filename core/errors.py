@@ -205,8 +205,13 @@ class ArtifactError(StitchError, OSError):
     or a file is not a torchstitch artifact.
 
     It is also an :class:`OSError`, like the errors of writing and reading files
-    it stands for (a missing directory, a file in the way, no such file).
+    it stands for (a missing directory, a file in the way, no such file); those
+    set ``errno``, ``strerror`` and ``filename``.
     """
+
+    def __str__(self) -> str:
+        # OSError's own str() would show "[Errno N] strerror: filename" instead of the message
+        return Exception.__str__(self)
 
 
 class TorchstitchWarning(UserWarning):

@@ -8,8 +8,11 @@ documents beside the model: the plan and a small metadata record.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from .errors import ArtifactError, first_line
+from .errors import ArtifactError, StitchError, exception_summary, first_line
 from .ir import Plan
 from .plugin_manager import PluginSet
 
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from .engine import CompileResult
 
 __all__ = ["Artifact", "ArtifactFormat", "save", "load", "read_zip_member"]
+
+log = logging.getLogger(__name__)
 
 #: names of the two documents every format embeds (as zip members ending with them)
 PLAN_FILE = "torchstitch/plan.json"
@@ -116,7 +121,9 @@ def save(
     :param options: options of the chosen format (e.g. ``{"inductor_configs": {...}}``
         for ``"aoti"``).
     :raises ArtifactError: if no format can save the compiled root (a root left
-        in Python is not a TorchScript module), or ``format`` is unknown.
+        in Python is not a TorchScript module), ``format`` is unknown, the format
+        fails, or ``path`` cannot be written (also an :class:`OSError`); nothing is
+        left at ``path`` then (a file already there stays as it was).
     """
     from .engine import CompileResult
 
@@ -154,7 +161,62 @@ def save(
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
-    chosen.save(compiled, os.fspath(path), extra, dict(options or {}))
+    _write(chosen, compiled, os.fspath(path), extra, dict(options or {}))
+
+
+def _write(fmt: ArtifactFormat, module: Any, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
+    """Let ``fmt`` write ``module`` to a temporary name beside ``path``, then rename it to
+    ``path``: a failed save leaves no half-written file, and an old file at ``path`` intact.
+
+    The temporary name ends with ``path``'s name, so formats that check the suffix
+    (``aoti`` wants ``*.pt2``) see the caller's.
+    """
+    directory = _target_directory(path)
+    temporary = os.path.join(directory, f".torchstitch-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+    try:
+        fmt.save(module, temporary, extra, options)
+        os.replace(temporary, path)
+    except StitchError:
+        raise
+    except Exception as exc:  # torch's errors say nothing of the model or the format
+        raise ArtifactError(
+            f"format {fmt.name!r} could not save the model to {path!r}: {exception_summary(exc)}", path=""
+        ) from exc
+    finally:
+        _remove_quietly(temporary)
+
+
+def _target_directory(path: str) -> str:
+    """The existing directory ``path`` goes into; :class:`ArtifactError` (an ``OSError``) if none."""
+    if os.path.isdir(path):
+        raise _path_error(path, errno.EISDIR, f"cannot save to {path!r}: it is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(directory):
+        return directory
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise _path_error(path, errno.ENOTDIR, f"cannot save to {path!r}: {existing!r} is a file, not a directory")
+    raise _path_error(
+        path, errno.ENOENT, f"cannot save to {path!r}: the directory {directory!r} does not exist"
+    )
+
+
+def _path_error(path: str, code: int, message: str) -> ArtifactError:
+    """An :class:`ArtifactError` with the ``OSError`` fields of the file problem it reports."""
+    error = ArtifactError(message)
+    error.errno, error.strerror, error.filename = code, os.strerror(code), path
+    return error
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError:  # the save failed already; its error is the one to report
+        log.warning("could not remove the temporary file %s", path, exc_info=True)
 
 
 def load(
@@ -169,7 +231,7 @@ def load(
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ArtifactError(f"no such file: {path!r}")
+        raise _path_error(path, errno.ENOENT, f"no such file: {path!r}")
     known = formats(PluginSet.from_plugins(plugins))
     meta_text = read_zip_member(path, META_FILE)
     meta = json.loads(meta_text) if meta_text else {}
