@@ -9,6 +9,7 @@ which ``model`` is unchanged (state_dict values, submodule identities, attribute
 """
 
 import math
+from typing import NamedTuple
 
 import attrs
 import pytest
@@ -145,6 +146,75 @@ class Unscriptable(nn.Module):
     def forward(self, x):
         f = lambda t: t * 2.0  # noqa: E731
         return f(self.lin(x))
+
+
+class UsesUnused(Leaf):
+    """Scripts (the method is not compiled) and raises when run."""
+
+    @torch.jit.unused
+    def helper(self, x):
+        return x * 2.0
+
+    def forward(self, x):
+        return self.helper(self.lin(x))
+
+
+class UsesIgnored(Leaf):
+    """Scripts and runs (the method stays in Python), but cannot be saved."""
+
+    @torch.jit.ignore
+    def helper(self, x):
+        return x * 2.0
+
+    def forward(self, x):
+        return self.helper(self.lin(x))
+
+
+class Symmetric(nn.Module):
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+
+def parametrized_leaf():
+    leaf = nn.Linear(4, 4)
+    nn.utils.parametrize.register_parametrization(leaf, "weight", Symmetric())
+    return leaf
+
+
+class RunsLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 4)
+
+    def forward(self, x):
+        return self.rnn(x)[0] * 2.0
+
+
+class Halves(NamedTuple):
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+class SplitsInTwo(nn.Module):
+    def forward(self, x):
+        return Halves(x[:, :2], x[:, 2:])
+
+
+@ts.compile_mode("trace")
+class TracedSplit(SplitsInTwo):
+    pass
+
+
+class ReadsFields(nn.Module):
+    """A Python parent reading a traced child's NamedTuple fields."""
+
+    def __init__(self):
+        super().__init__()
+        self.split = TracedSplit()
+
+    def forward(self, x):
+        out = self.split(x)
+        return torch.cat([out.high, out.low], dim=1)
 
 
 def _raise(exc):
@@ -322,6 +392,22 @@ def _save_unknown_format(tmp_path):
     model = Stack(Leaf())
     compiled = ts.script(model)
     return model, lambda: ts.save(compiled, _save_path(tmp_path), format="onnx")
+
+
+def _save_ignored_call(tmp_path):
+    model = Stack(Leaf(), UsesIgnored())
+    compiled = ts.script(model)
+    return model, lambda: ts.save(compiled, _save_path(tmp_path))
+
+
+def _save_to(where):
+    def build(tmp_path):
+        (tmp_path / "a-file").write_text("")
+        model = Stack(Leaf())
+        compiled = ts.script(model)
+        return model, lambda: ts.save(compiled, tmp_path / where)
+
+    return build
 
 
 def _load_missing(tmp_path):
@@ -779,9 +865,49 @@ CASES = {
             rules=[ts.Rule("explode", path="layers.1")],
         ),
         ts.VerificationError,
-        path="",
+        path="layers.1",
         texts=("ArithmeticError", "the compiled piece explodes"),
         cause=ArithmeticError,
+    ),
+    "scripted-child-calls-unused-method": Case(
+        _compile(
+            lambda: Stack(Leaf(), UsesUnused()),
+            rules=[ts.Rule("script", path="layers.1")],
+            example_inputs=(x4(),),
+        ),
+        ts.VerificationError,
+        path="layers.1",
+        texts=("RuntimeError: This Python function is annotated to be ignored and cannot be run",),
+        cause=torch.jit.Error,
+    ),
+    "scripted-parametrization": Case(
+        _compile(
+            lambda: Stack(Leaf(), parametrized_leaf()),
+            rules=[ts.Rule("script", path="layers.1")],
+            example_inputs=(x4(),),
+        ),
+        ts.VerificationError,
+        path="layers.1",
+        texts=("RuntimeError: Parametrization is not working with scripting",),
+    ),
+    "scripted-lstm": Case(
+        _compile(RunsLSTM, rules=[ts.Rule("script", path="rnn")], example_inputs=(torch.randn(3, 2, 4),)),
+        ts.VerificationError,
+        path="rnn",
+        texts=("AttributeError", "no attribute 'forward'"),
+        cause=AttributeError,
+    ),
+    "traced-namedtuple-read-by-python-parent": Case(
+        _compile(ReadsFields, example_inputs=(x4(),)),
+        ts.VerificationError,
+        path="split",
+        texts=("a NamedTuple Halves(low, high)", "got a tuple of 2", "'script'"),
+    ),
+    "trace-of-namedtuple-root": Case(
+        _with(SplitsInTwo, lambda m: ts.trace(m, (x4(),))),
+        ts.VerificationError,
+        path="",
+        texts=("a NamedTuple Halves(low, high)", "got a tuple of 2"),
     ),
     # ---- plan validation -----------------------------------------------------
     "unsupported-inside-script": Case(
@@ -844,7 +970,20 @@ CASES = {
     # ---- artifacts -----------------------------------------------------------
     "save-python-root": Case(_save_python_root, ts.ArtifactError, path="", texts=("left in Python",)),
     "save-unknown-format": Case(_save_unknown_format, ts.ArtifactError, texts=("'onnx'", "torchscript")),
-    "load-missing-file": Case(_load_missing, ts.ArtifactError, texts=("missing.pt",)),
+    "save-ignored-method-call": Case(
+        _save_ignored_call,
+        ts.ArtifactError,
+        path="layers.1",
+        texts=("'helper'", "@torch.jit.ignore"),
+        cause=RuntimeError,
+    ),
+    "save-into-missing-directory": Case(
+        _save_to("missing/m.pt"), ts.ArtifactError, texts=("missing", "does not exist"), also=(OSError,)
+    ),
+    "save-below-a-file": Case(
+        _save_to("a-file/m.pt"), ts.ArtifactError, texts=("a-file", "is a file"), also=(OSError,)
+    ),
+    "load-missing-file": Case(_load_missing, ts.ArtifactError, texts=("missing.pt",), also=(OSError,)),
     "load-non-artifact": Case(_load_non_artifact, ts.ArtifactError, texts=("state.pt",)),
     "locate-without-example-inputs": Case(_locate_without_inputs, TypeError, texts=("example_inputs",)),
 }
