@@ -43,6 +43,7 @@ from .locate import Divergence, locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
+from .provenance import attach_plan
 from .strategy import CompileContext, Strategy, TracingInputs
 from .verify import Tolerance, compare
 
@@ -242,6 +243,8 @@ class Engine:
             run = _Run(self.options, plugin_set, tree, example_args, caller_inputs)
             compiled = run.execute()
         plan = run.annotated_plan()
+        if compiled is not module:  # never tag the caller's own module
+            attach_plan(compiled, plan)
         run.warn_fallbacks()
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
