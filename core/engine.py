@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -45,6 +45,7 @@ from .plugin_manager import PluginSet
 from .progress import Progress
 from .provenance import attach_plan
 from .strategy import CompileContext, Strategy, TracingInputs
+from .training_mode import training_dependent
 from .verify import Tolerance, compare
 
 __all__ = ["CompileOptions", "CompileResult", "Engine", "make_shell"]
@@ -246,6 +247,7 @@ class Engine:
         if compiled is not module:  # never tag the caller's own module
             attach_plan(compiled, plan)
         run.warn_fallbacks()
+        run.warn_training_mode()
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
     def _plan(
@@ -329,6 +331,8 @@ class _Run:
         self.outcomes: dict[str, Outcome] = {}
         #: paths whose strategy produced a compiled module, in compilation order
         self.compiled_paths: list[str] = []
+        #: path -> (strategy, paths of mode-dependent modules) of nodes fixed in training mode
+        self.fixed_in_training: dict[str, tuple[str, list[str]]] = {}
         #: CompileContext.scratch: the strategies' per-call memo
         self.scratch: dict[Any, Any] = {}
         self.touched = self._touched_modules()
@@ -478,7 +482,7 @@ class _Run:
                 errors.append(exc)
                 continue
             attempts.append(Attempt(name, seconds=outcome.seconds))
-            outcome = attrs.evolve(outcome, attempts=tuple(attempts))
+            outcome = attrs.evolve(outcome, attempts=tuple(attempts), training=self._fixed_mode(node, strategy))
             self.outcomes[node.path] = outcome
             if strategy.compiles:
                 self.compiled_paths.append(node.path)
@@ -599,6 +603,26 @@ class _Run:
                 exc.message, path=node.path, strategy=strategy.name, claimant=claimant
             ) from None
         return inputs, provider
+
+    def _fixed_mode(self, node: Node, strategy: Strategy) -> bool | None:
+        """The ``training`` flag fixed in the compiled node (see :mod:`.training_mode`):
+        a strategy that needs tracing inputs compiles one recorded run, and with it the
+        branch every module of its region took on ``self.training``."""
+        if not (strategy.needs_inputs and strategy.compiles):
+            return None
+        dependent = training_dependent(self._region_modules(node))
+        if dependent:
+            self.fixed_in_training[node.path] = (strategy.name, dependent)
+        return self.modules[node.path].training
+
+    def _region_modules(self, node: Node) -> Iterator[tuple[str, torch.nn.Module]]:
+        """The user's modules that ``node``'s strategy compiles: its own and its
+        descendants', except those compiled on their own (and theirs)."""
+        yield node.path, self.modules[node.path]
+        canonical = node if node.shared_with is None else self.plan[node.shared_with]
+        for child in canonical.children:
+            if child.region == canonical.region:
+                yield from self._region_modules(child)
 
     # -- verification --------------------------------------------------------
 
@@ -747,6 +771,21 @@ class _Run:
             path: attrs.evolve(self.plan[path], outcome=outcome) for path, outcome in self.outcomes.items()
         }
         return self.plan.map_nodes(update) if update else self.plan
+
+    def warn_training_mode(self) -> None:
+        if not self.fixed_in_training:
+            return
+        nodes = "; ".join(
+            f"{display_path(path)} ({strategy}: {', '.join(display_path(p) for p in dependent)})"
+            for path, (strategy, dependent) in self.fixed_in_training.items()
+        )
+        warn(
+            f"{len(self.fixed_in_training)} node(s) compiled in training mode hold modules whose "
+            f"computation depends on it (batch statistics, dropout): {nodes}. Their compiled form "
+            "keeps training behaviour after .eval(); call model.eval() before compiling for "
+            "inference, or claim them 'script', which follows .train()/.eval()",
+            TorchstitchWarning,
+        )
 
     def warn_fallbacks(self) -> None:
         fell = [

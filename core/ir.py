@@ -68,6 +68,10 @@ class Outcome:
     max_abs_diff: float | None = None
     #: every strategy tried, in order; the last is the one that counts
     attempts: tuple[Attempt, ...] = ()
+    #: the ``training`` flag fixed in the compiled node by a strategy that compiles one
+    #: recorded run (``trace``, ``export``); ``None``: the compiled node follows
+    #: ``.train()``/``.eval()`` (``script``), or nothing was compiled
+    training: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class Outcome:
             "n_verified": self.n_verified,
             "max_abs_diff": _float_or_none(self.max_abs_diff),
             "attempts": [a.to_dict() for a in self.attempts],
+            "training": self.training,
         }
 
     @classmethod
@@ -86,6 +91,7 @@ class Outcome:
             n_verified=data["n_verified"],
             max_abs_diff=_parse_float(data["max_abs_diff"]),
             attempts=tuple(Attempt(**a) for a in data["attempts"]),
+            training=data.get("training"),  # absent from plans saved before it was recorded
         )
 
 
@@ -277,6 +283,8 @@ def _describe_outcome(outcome: Outcome) -> str:
         parts.append(f"inputs: {outcome.inputs_source}")
     if outcome.n_verified:
         parts.append(f"verified on {outcome.n_verified}, max|Δ| {outcome.max_abs_diff:.2e}")
+    if outcome.training is not None:
+        parts.append("train mode" if outcome.training else "eval mode")
     failed = [a for a in outcome.attempts if a.error_type is not None]
     if failed:
         tried = ", ".join(f"{a.strategy} failed ({a.error_type})" for a in failed)

@@ -72,7 +72,7 @@ class TestAnsi:
         assert "\x1b[32mscript · override by root_strategy=" in lines[0]
         assert ANSI.sub("", lines[1]).endswith(
             f"— {compiled.plan['a'].outcome.seconds * 1e3:.1f} ms, inputs: inputs.recorded, "
-            f"verified on 1, max|Δ| {compiled.plan['a'].outcome.max_abs_diff:.2e}"
+            f"verified on 1, max|Δ| {compiled.plan['a'].outcome.max_abs_diff:.2e}, train mode"
         )
 
     def test_plugin_strategies_get_a_stable_colour(self):
