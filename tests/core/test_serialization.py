@@ -252,3 +252,141 @@ def test_format_options_the_format_does_not_take_are_artifact_errors(tmp_path):
     with pytest.raises(ts.ArtifactError, match=r"format 'torchscript' takes no options, got \['level'\]"):
         ts.save(compiled, tmp_path / "m.pt", options={"level": 3})
     assert not (tmp_path / "m.pt").exists()
+
+
+# --------------------------------------------------------------------------
+# failures while writing: ArtifactError (an OSError) naming the path, nothing half-written
+# --------------------------------------------------------------------------
+
+
+class CallsIgnored(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    @torch.jit.ignore
+    def python_only(self, x):
+        return x * 2.0
+
+    def forward(self, x):
+        return self.python_only(self.lin(x))
+
+
+class HoldsIgnored(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Linear(3, 3), CallsIgnored())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_saving_an_ignored_method_call_names_the_module_and_writes_nothing(tmp_path, watch):
+    model = HoldsIgnored()
+    check = watch(model)
+    x = torch.randn(2, 3)
+    result = compile_scripted(model, x)
+    torch.testing.assert_close(result.module(x), model(x))  # it runs: the method stays in Python
+    path = tmp_path / "m.pt"
+    with pytest.raises(ts.ArtifactError) as info:
+        ts.save(result, path)
+    err = info.value
+    assert err.path == "block.1"
+    assert "'block.1'" in str(err)
+    assert "'python_only'" in str(err) and "@torch.jit.ignore" in str(err)
+    assert isinstance(err.__cause__, RuntimeError)
+    assert "Could not export Python function call" in str(err.__cause__)
+    assert list(tmp_path.iterdir()) == []  # no half-written archive, no temporary file
+    check()
+
+
+def test_a_failed_save_leaves_an_existing_file_as_it_was(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"the previous model")
+    result = compile_scripted(HoldsIgnored(), torch.randn(2, 3))
+    with pytest.raises(ts.ArtifactError):
+        ts.save(result, path)
+    assert path.read_bytes() == b"the previous model"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+@pytest.mark.parametrize(
+    ("where", "errno_name", "reason"),
+    [
+        ("missing/m.pt", "ENOENT", "the directory {parent!r} does not exist"),
+        ("missing/deeper/m.pt", "ENOENT", "the directory {parent!r} does not exist"),
+        ("a-file/m.pt", "ENOTDIR", "{file!r} is a file, not a directory"),
+        ("a-file/below/m.pt", "ENOTDIR", "{file!r} is a file, not a directory"),
+        ("a-dir", "EISDIR", "it is a directory"),
+    ],
+)
+def test_saving_where_no_file_can_be_is_an_os_error_naming_the_path(tmp_path, where, errno_name, reason):
+    import errno
+
+    (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "a-dir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    compiled = ts.script(nn.Linear(3, 3))
+    path = tmp_path / where
+    with pytest.raises(OSError) as info:
+        ts.save(compiled, path)
+    err = info.value
+    assert isinstance(err, ts.ArtifactError)
+    expected = reason.format(parent=str(path.parent), file=str(tmp_path / "a-file"))
+    assert str(err) == f"cannot save to {str(path)!r}: {expected}"
+    assert (err.errno, err.filename) == (getattr(errno, errno_name), str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_missing_file_to_load_is_an_os_error(tmp_path):
+    import errno
+
+    path = tmp_path / "missing.pt"
+    with pytest.raises(OSError) as info:
+        ts.load(path)
+    assert isinstance(info.value, ts.ArtifactError)
+    assert (info.value.errno, info.value.filename) == (errno.ENOENT, str(path))
+    assert str(info.value) == f"no such file: {str(path)!r}"
+
+
+class RecordingFormat:
+    """An artifact format that writes its path into the file, or fails with a torch-like error."""
+
+    name = "recording-format"
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.paths = []
+
+    @ts.hookimpl
+    def torchstitch_artifact_formats(self):
+        def save(module, path, extra, options):
+            self.paths.append(path)
+            with open(path, "w") as f:
+                f.write(path)
+            if self.fail:
+                raise RuntimeError("the writer gave up half way\nwith details below")
+
+        return [ts.ArtifactFormat("recording", lambda m: True, save, lambda p, m: (None, {}))]
+
+
+def test_formats_write_beside_the_target_under_a_name_ending_with_its_own(tmp_path):
+    fmt = RecordingFormat()
+    path = tmp_path / "model.pt2"
+    ts.save(ts.script(nn.Linear(3, 3)), path, format="recording", plugins=[fmt])
+    (written,) = fmt.paths
+    assert written != str(path)
+    assert written.startswith(str(tmp_path)) and written.endswith("model.pt2")  # aoti needs *.pt2
+    assert path.read_text() == written
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]
+
+
+def test_a_format_that_raises_is_an_artifact_error_naming_it_and_the_path(tmp_path):
+    path = tmp_path / "model.pt"
+    with pytest.raises(ts.ArtifactError) as info:
+        ts.save(ts.script(nn.Linear(3, 3)), path, format="recording", plugins=[RecordingFormat(fail=True)])
+    text = str(info.value)
+    assert "'recording'" in text and repr(str(path)) in text
+    assert "RuntimeError: the writer gave up half way" in text
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert list(tmp_path.iterdir()) == []

@@ -1,12 +1,15 @@
 """Verification: the compare() function, and end to end with a strategy that lies."""
 
+import collections
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
 from torch import nn
 
 import torchstitch as ts
+from torchstitch.core import errors as ts_errors
 from torchstitch.core.verify import Mismatch, Tolerance, compare
 
 pytestmark = [
@@ -171,6 +174,48 @@ def test_explicit_tolerance_overrides_dtype_default():
     assert compare(big, big + 2.0, Tolerance(atol=0.0, rtol=1e-2))[1] is not None
 
 
+class Pair(NamedTuple):
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+class Other(NamedTuple):
+    first: torch.Tensor
+    second: torch.Tensor
+
+
+def _t():
+    return torch.zeros(2)
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "detail"),
+    [
+        pytest.param(Pair(_t(), _t()), (_t(), _t()), "expected a NamedTuple Pair(low, high), got a tuple of 2 (", id="namedtuple-vs-tuple"),
+        pytest.param(Pair(_t(), _t()), Other(_t(), _t()), "got a NamedTuple Other(first, second)", id="other-fields"),
+        pytest.param((_t(), _t()), [_t(), _t()], "expected a tuple of 2, got a list of 2", id="tuple-vs-list"),
+        pytest.param([_t()], (_t(),), "expected a list of 1, got a tuple of 1", id="list-vs-tuple"),
+        pytest.param((_t(),), Pair(_t(), _t()), "expected a tuple of 1, got a NamedTuple Pair", id="tuple-vs-namedtuple"),
+        pytest.param({"a": _t()}, (_t(),), "expected keys ['a'], got a tuple of 1", id="dict-vs-tuple"),
+        pytest.param(3, (3,), "expected int, got a tuple of 1", id="int-vs-tuple"),
+    ],
+)
+def test_container_kinds_must_match(expected, actual, detail):
+    diff, mismatch = compare(expected, actual, DEFAULT)
+    assert mismatch is not None
+    assert mismatch.where == "output"
+    assert detail in mismatch.detail
+    assert math.isnan(mismatch.max_abs_diff)
+
+
+def test_a_namedtuple_of_another_class_with_the_same_fields_matches():
+    """TorchScript returns a NamedTuple as a class of its own making, with the same fields."""
+    scripted = collections.namedtuple("Pair", ["low", "high"])
+    assert scripted is not Pair
+    assert compare(Pair(_t(), _t()), scripted(_t(), _t()), DEFAULT) == (0.0, None)
+    assert compare({"a": [_t()]}, collections.OrderedDict(a=[_t()]), DEFAULT) == (0.0, None)
+
+
 def test_python_floats_with_tolerance():
     assert compare(1.0, 1.0 + 1e-7, DEFAULT)[1] is None
     _, mismatch = compare((1.0,), (1.5,), DEFAULT)
@@ -323,3 +368,114 @@ def test_compiled_runs_are_verified_without_torchscripts_optimizer(monkeypatch):
     assert compiled_runs == [False, False] and all(eager_runs)
     assert torch._C._get_graph_executor_optimize()
     torch.testing.assert_close(result.module(x), model(x))
+
+
+# --------------------------------------------------------------------------
+# compiled pieces that raise when run: the node at fault and the real cause
+# --------------------------------------------------------------------------
+
+
+class RaisesInScript(nn.Module):
+    def forward(self, x):
+        if bool(x.sum() > 1e9):
+            return x
+        raise ValueError("negative energy\nsecond line of the message")
+
+
+class CallsRaising(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = RaisesInScript()
+
+    def forward(self, x):
+        return self.inner(x) * 2.0
+
+
+def _scripted(tmp_path, how):
+    if how == "nested":
+        return torch.jit.script(CallsRaising())
+    scripted = torch.jit.script(RaisesInScript())
+    if how == "scripted":
+        return scripted
+    torch.jit.save(scripted, str(tmp_path / "m.pt"))  # tracebacks of serialized and original code
+    return torch.jit.load(str(tmp_path / "m.pt"))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.parametrize("how", ["scripted", "loaded", "nested"])
+def test_exception_summary_finds_the_original_exception_in_torchscript_errors(tmp_path, how):
+    module = _scripted(tmp_path, how)
+    with pytest.raises(Exception) as info:
+        module(torch.randn(2, 3))
+    assert str(info.value).startswith("The following operation failed in the TorchScript interpreter.")
+    assert ts_errors.exception_summary(info.value) == "ValueError: negative energy"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_exception_summary_of_a_torch_error_raised_in_torchscript():
+    with pytest.raises(RuntimeError) as info:
+        torch.jit.script(Child())(torch.randn(2, 4))
+    assert ts_errors.exception_summary(info.value).startswith("RuntimeError: mat1 and mat2 shapes")
+
+
+def test_exception_summary_of_other_exceptions():
+    assert ts_errors.exception_summary(KeyError("k")) == "KeyError: 'k'"
+    assert ts_errors.exception_summary(ValueError("two\nlines")) == "ValueError: two"
+    assert ts_errors.exception_summary(ValueError()) == "ValueError: (no message)"
+
+
+class UsesUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    @torch.jit.unused
+    def helper(self, x):
+        return x * 2.0
+
+    def forward(self, x):
+        return self.helper(self.lin(x))
+
+
+@ts.compile_mode("script")
+class ScriptedUsesUnused(UsesUnused):
+    pass
+
+
+class HoldsUnused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(3, 3)
+        self.child = ScriptedUsesUnused()
+
+    def forward(self, x):
+        return self.child(self.pre(x)) + 1.0
+
+
+@pytest.mark.parametrize("root", ["python", "script"])
+def test_a_compiled_child_that_raises_is_blamed_with_the_real_cause(root, watch):
+    model = HoldsUnused()
+    check = watch(model)
+    rules = [ts.Rule("script", path="")] if root == "script" else []
+    with pytest.raises(ts.VerificationError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),), rules=rules)
+    err = info.value
+    assert err.path == "child"
+    assert err.strategy == "script"
+    assert "'child'" in str(err)
+    assert "RuntimeError: This Python function is annotated to be ignored and cannot be run" in str(err)
+    assert "The following operation failed" not in str(err)
+    assert [c.path for c in err.culprits] == ["child"]
+    assert isinstance(err.__cause__, torch.jit.Error)
+    check()
+
+
+def test_locate_reports_a_piece_that_raises_with_the_real_cause():
+    model = HoldsUnused()
+    compiled = ts.compile(model, verify=False)
+    (divergence,) = ts.locate(model, compiled, (torch.randn(2, 3),))
+    assert divergence.path == "child"
+    assert math.isnan(divergence.max_abs_diff)
+    assert divergence.detail == (
+        "raised RuntimeError: This Python function is annotated to be ignored and cannot be run"
+    )
