@@ -159,15 +159,12 @@ class UsesUnused(Leaf):
         return self.helper(self.lin(x))
 
 
-class UsesIgnored(Leaf):
+class UsesIgnored(UsesUnused):
     """Scripts and runs (the method stays in Python), but cannot be saved."""
 
     @torch.jit.ignore
     def helper(self, x):
         return x * 2.0
-
-    def forward(self, x):
-        return self.helper(self.lin(x))
 
 
 class Symmetric(nn.Module):
@@ -375,6 +372,13 @@ def _with(model_factory, call):
 
 def _compile(model_factory, **kw):
     return _with(model_factory, lambda m: ts.compile(m, **kw))
+
+
+def _script_second(make_leaf):
+    """``Stack(Leaf(), make_leaf())`` compiled with ``layers.1`` scripted, on example inputs."""
+    return _compile(
+        lambda: Stack(Leaf(), make_leaf()), rules=[ts.Rule("script", path="layers.1")], example_inputs=(x4(),)
+    )
 
 
 def _in_place_deep_failure(tmp_path):
@@ -870,22 +874,14 @@ CASES = {
         cause=ArithmeticError,
     ),
     "scripted-child-calls-unused-method": Case(
-        _compile(
-            lambda: Stack(Leaf(), UsesUnused()),
-            rules=[ts.Rule("script", path="layers.1")],
-            example_inputs=(x4(),),
-        ),
+        _script_second(UsesUnused),
         ts.VerificationError,
         path="layers.1",
         texts=("RuntimeError: This Python function is annotated to be ignored and cannot be run",),
         cause=torch.jit.Error,
     ),
     "scripted-parametrization": Case(
-        _compile(
-            lambda: Stack(Leaf(), parametrized_leaf()),
-            rules=[ts.Rule("script", path="layers.1")],
-            example_inputs=(x4(),),
-        ),
+        _script_second(parametrized_leaf),
         ts.VerificationError,
         path="layers.1",
         texts=("RuntimeError: Parametrization is not working with scripting",),
