@@ -482,7 +482,9 @@ class _Run:
                 errors.append(exc)
                 continue
             attempts.append(Attempt(name, seconds=outcome.seconds))
-            outcome = attrs.evolve(outcome, attempts=tuple(attempts), training=self._fixed_mode(node, strategy))
+            outcome = attrs.evolve(
+                outcome, attempts=tuple(attempts), training=self._fixed_mode(node, strategy)
+            )
             self.outcomes[node.path] = outcome
             if strategy.compiles:
                 self.compiled_paths.append(node.path)
@@ -738,7 +740,10 @@ class _Run:
         claim = self.plan[where].claim
         summary = exception_summary(exc)
         if not culprits:
-            hint = " No compiled submodule fails on its own inputs: the error comes from how they are combined"
+            hint = (
+                " No compiled submodule fails on its own inputs: the error comes from how they "
+                "are combined"
+            )
         elif where:
             hint = " Compiled submodules that fail on their own inputs (deepest): " + "; ".join(
                 str(c) for c in culprits

@@ -184,7 +184,9 @@ def save(
     _write(chosen, compiled, os.fspath(path), extra, dict(options or {}))
 
 
-def _write(fmt: ArtifactFormat, module: Any, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
+def _write(
+    fmt: ArtifactFormat, module: Any, path: str, extra: dict[str, str], options: dict[str, Any]
+) -> None:
     """Let ``fmt`` write ``module`` to a temporary name beside ``path``, then rename it to
     ``path``: a failed save leaves no half-written file, and an old file at ``path`` intact.
 
@@ -217,7 +219,9 @@ def _target_directory(path: str) -> str:
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise _path_error(path, errno.ENOTDIR, f"cannot save to {path!r}: {existing!r} is a file, not a directory")
+        raise _path_error(
+            path, errno.ENOTDIR, f"cannot save to {path!r}: {existing!r} is a file, not a directory"
+        )
     raise _path_error(
         path, errno.ENOENT, f"cannot save to {path!r}: the directory {directory!r} does not exist"
     )

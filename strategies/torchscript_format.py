@@ -41,7 +41,9 @@ def _python_call_error(module: torch.jit.ScriptModule, name: str) -> ArtifactErr
     Python attribute, not as a compiled method: that is how its owner is found.
     """
     owners = [
-        (path, sub) for path, sub in module.named_modules() if hasattr(sub, name) and not sub._c._has_method(name)
+        (path, sub)
+        for path, sub in module.named_modules()
+        if hasattr(sub, name) and not sub._c._has_method(name)
     ]
     path, where = "", "the model"
     if owners:

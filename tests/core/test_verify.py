@@ -188,14 +188,19 @@ def _t():
     return torch.zeros(2)
 
 
+PAIR, OTHER = Pair(_t(), _t()), Other(_t(), _t())
+
+
 @pytest.mark.parametrize(
     ("expected", "actual", "detail"),
     [
-        pytest.param(Pair(_t(), _t()), (_t(), _t()), "expected a NamedTuple Pair(low, high), got a tuple of 2 (", id="namedtuple-vs-tuple"),
-        pytest.param(Pair(_t(), _t()), Other(_t(), _t()), "got a NamedTuple Other(first, second)", id="other-fields"),
-        pytest.param((_t(), _t()), [_t(), _t()], "expected a tuple of 2, got a list of 2", id="tuple-vs-list"),
+        pytest.param(
+            PAIR, (_t(), _t()), "expected a NamedTuple Pair(low, high), got a tuple of 2 (", id="nt-vs-tuple"
+        ),
+        pytest.param(PAIR, OTHER, "got a NamedTuple Other(first, second)", id="other-fields"),
+        pytest.param((_t(), _t()), [_t(), _t()], "expected a tuple of 2, got a list of 2", id="tuple-list"),
         pytest.param([_t()], (_t(),), "expected a list of 1, got a tuple of 1", id="list-vs-tuple"),
-        pytest.param((_t(),), Pair(_t(), _t()), "expected a tuple of 1, got a NamedTuple Pair", id="tuple-vs-namedtuple"),
+        pytest.param((_t(),), PAIR, "expected a tuple of 1, got a NamedTuple Pair", id="tuple-vs-nt"),
         pytest.param({"a": _t()}, (_t(),), "expected keys ['a'], got a tuple of 1", id="dict-vs-tuple"),
         pytest.param(3, (3,), "expected int, got a tuple of 1", id="int-vs-tuple"),
     ],

@@ -1,4 +1,5 @@
-"""The trace strategy: what a trace cannot keep (NamedTuple types, the training mode) is refused or reported."""
+"""The trace strategy: what a trace cannot keep (NamedTuple types, the training mode)
+is refused or reported."""
 
 import copy
 import json
@@ -94,7 +95,8 @@ TRACE_BLOCK = [ts.Rule("trace", path="block")]
 def _compile(model, rules=TRACE_BLOCK, **kw):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        result = ts.Engine(rules=rules, verify=False).compile(model, example_inputs=(torch.randn(8, 4),), **kw)
+        engine = ts.Engine(rules=rules, verify=False)
+        result = engine.compile(model, example_inputs=(torch.randn(8, 4),), **kw)
     ours = [w for w in seen if issubclass(w.category, ts.TorchstitchWarning)]
     return result, [w for w in ours if not issubclass(w.category, ts.TorchScriptDeprecationWarning)]
 
