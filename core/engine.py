@@ -357,10 +357,7 @@ class _Run:
         finally:
             self.progress.close()
         if self.options.freeze:
-            start = time.perf_counter()
-            with torch.jit.optimized_execution(True):
-                result = torch.jit.freeze(result)
-            log.debug("froze the root in %.1f ms", (time.perf_counter() - start) * 1e3)
+            result = self._freeze(result)
         if self.recording is not None and self.options.verify and id(root) in self.touched:
             self._verify_root(result)
         if self.options.in_place:
@@ -368,6 +365,22 @@ class _Run:
             if result is self.shells.get(id(root), (None, None))[1]:
                 result = root
         return result
+
+    def _freeze(self, compiled: torch.nn.Module) -> torch.nn.Module:
+        start = time.perf_counter()
+        try:
+            with torch.jit.optimized_execution(True):
+                frozen = torch.jit.freeze(compiled)
+        except Exception as exc:
+            claim = self.plan.root.claim
+            raise NodeCompileError(
+                f"torch.jit.freeze failed on the compiled root: {exception_summary(exc)}",
+                path="",
+                strategy=None if claim is None else claim.strategy,
+                claimant=None if claim is None else claim.claimant,
+            ) from exc
+        log.debug("froze the root in %.1f ms", (time.perf_counter() - start) * 1e3)
+        return frozen
 
     def _touched_modules(self) -> set[int]:
         """ids of the modules that need a shell: inside a compiled region (at any of their

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from .errors import ArtifactError, StitchError, exception_summary, first_line
+from .errors import ArtifactError, StitchError, exception_summary
 from .ir import Plan
 from .plugin_manager import PluginSet
 from .provenance import attach_plan, plan_of
@@ -251,31 +251,58 @@ def load(
 ) -> Artifact:
     """Load an artifact saved by :func:`save`, or a plain file of a known format (then without a plan).
 
-    :raises ArtifactError: if the file does not exist or no format can read it.
+    :raises ArtifactError: if the file does not exist (also an :class:`OSError`), no
+        format can read it (the last format's error chained), or its plan is unreadable.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise _path_error(path, errno.ENOENT, f"no such file: {path!r}")
     known = formats(PluginSet.from_plugins(plugins))
-    meta_text = read_zip_member(path, META_FILE)
-    meta = json.loads(meta_text) if meta_text else {}
+    meta = _read_meta(path)
     if meta.get("format") in known:
         candidates = [known[meta["format"]]]
     else:
         candidates = list(known.values())
     failures = []
+    last: Exception | None = None
     for fmt in candidates:
         try:
             module, extra = fmt.load(path, map_location)
         except Exception as exc:  # each format says why it could not read the file
-            failures.append(f"{fmt.name}: {type(exc).__name__}: {first_line(exc)}")
+            failures.append(f"{fmt.name}: {exception_summary(exc)}")
+            last = exc
             continue
-        plan_text = extra.get(PLAN_FILE) or None
-        plan = Plan.from_json(plan_text) if plan_text else None
+        plan = _read_plan(path, extra.get(PLAN_FILE) or None)
         if plan is not None:
             attach_plan(module, plan)  # saving the loaded module again keeps its plan
         return Artifact(module, plan, fmt.name, meta)
-    raise ArtifactError(f"{path!r} is not an artifact any format can read ({'; '.join(failures)})")
+    raise ArtifactError(
+        f"{path!r} is not an artifact any format can read ({'; '.join(failures)})"
+    ) from last
+
+
+def _read_meta(path: str) -> dict[str, Any]:
+    """The metadata document of a file saved by :func:`save`; ``{}`` if it has none that
+    reads (the formats are then tried in turn, and say what is wrong with the file)."""
+    try:
+        text = read_zip_member(path, META_FILE)
+        meta = json.loads(text) if text else {}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        log.debug("%s: unreadable metadata", path, exc_info=True)
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _read_plan(path: str, text: str | None) -> Plan | None:
+    if text is None:
+        return None
+    try:
+        return Plan.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(
+            f"{path!r} holds a plan this torchstitch cannot read ({exception_summary(exc)}); "
+            "load the module with the format's own loader (torch.jit.load) to skip it"
+        ) from exc
 
 
 def _type_name(obj: Any) -> str:

@@ -1129,3 +1129,20 @@ def test_errors_survive_pickling():
     assert type(again) is ts.PluginError
     assert str(again) == str(info.value)
     assert (again.plugin, again.hook, again.path) == ("raising-claim", "torchstitch_claim", "layers.1")
+
+
+def test_a_failing_freeze_is_a_node_compile_error_at_the_root(monkeypatch, watch):
+    def refuse(module, *args, **kwargs):
+        raise RuntimeError("cannot freeze this graph\ndetails")
+
+    monkeypatch.setattr(torch.jit, "freeze", refuse)
+    model = Stack(Leaf()).eval()
+    check = watch(model)
+    with pytest.raises(ts.NodeCompileError) as info:
+        ts.script(model, freeze=True)
+    err = info.value
+    assert err.path == "" and err.strategy == "script"
+    assert "'<root>'" in str(err)
+    assert "torch.jit.freeze failed on the compiled root: RuntimeError: cannot freeze this graph" in str(err)
+    assert isinstance(err.__cause__, RuntimeError)
+    check()

@@ -390,3 +390,41 @@ def test_a_format_that_raises_is_an_artifact_error_naming_it_and_the_path(tmp_pa
     assert "RuntimeError: the writer gave up half way" in text
     assert isinstance(info.value.__cause__, RuntimeError)
     assert list(tmp_path.iterdir()) == []
+
+
+def _torchscript_with_extra(path, plan_text, meta_text='{"format": "torchscript"}'):
+    from torchstitch.core.serialization import META_FILE, PLAN_FILE
+
+    extra = {META_FILE: meta_text, PLAN_FILE: plan_text}
+    torch.jit.save(torch.jit.script(nn.Linear(3, 3)), str(path), _extra_files=extra)
+
+
+@pytest.mark.parametrize(
+    "plan_text", ["{not json", '{"torchstitch_plan": 99, "root": {}}', '{"torchstitch_plan": 1}']
+)
+def test_an_unreadable_plan_is_an_artifact_error_naming_the_file(tmp_path, plan_text):
+    path = tmp_path / "m.pt"
+    _torchscript_with_extra(path, plan_text)
+    with pytest.raises(ts.ArtifactError) as info:
+        ts.load(path)
+    assert repr(str(path)) in str(info.value) and "plan" in str(info.value)
+    assert isinstance(info.value.__cause__, (ValueError, KeyError))
+
+
+def test_unreadable_metadata_falls_back_to_trying_every_format(tmp_path):
+    path = tmp_path / "m.pt"
+    _torchscript_with_extra(path, "", meta_text="[not, json")
+    artifact = ts.load(path)
+    assert artifact.format == "torchscript" and artifact.plan is None
+    x = torch.randn(2, 3)
+    assert artifact(x).shape == (2, 3)
+
+
+def test_a_file_no_format_reads_chains_the_last_formats_error(tmp_path):
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ts.ArtifactError) as info:
+        ts.load(path)
+    assert repr(str(path)) in str(info.value)
+    assert info.value.__cause__ is not None
+    assert type(info.value.__cause__).__name__ in str(info.value)
