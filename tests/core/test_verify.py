@@ -213,6 +213,26 @@ def test_container_kinds_must_match(expected, actual, detail):
     assert math.isnan(mismatch.max_abs_diff)
 
 
+class Incomparable:
+    def __eq__(self, other):
+        raise TypeError("no comparison defined")
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "detail"),
+    [
+        pytest.param(1.5, torch.ones(3), "expected float, got a tensor", id="number-vs-tensor"),
+        pytest.param(None, torch.ones(3), "expected NoneType, got a tensor", id="none-vs-tensor"),
+        pytest.param(Incomparable(), Incomparable(), "!=", id="eq-raises"),
+    ],
+)
+def test_values_that_cannot_be_compared_are_a_mismatch_not_an_error(expected, actual, detail):
+    _, mismatch = compare((expected,), (actual,), DEFAULT)
+    assert mismatch is not None
+    assert mismatch.where == "output[0]"
+    assert detail in mismatch.detail
+
+
 def test_a_namedtuple_of_another_class_with_the_same_fields_matches():
     """TorchScript returns a NamedTuple as a class of its own making, with the same fields."""
     scripted = collections.namedtuple("Pair", ["low", "high"])
