@@ -6,7 +6,8 @@ BatchNorm keeps using batch statistics, Dropout keeps dropping, and the compiled
 node's ``.eval()`` changes nothing.  torch works that way; torchstitch knows the
 mode at compile time, so it records it in the plan (:attr:`Outcome.training
 <torchstitch.Outcome.training>`) and warns when a node fixed in training mode
-holds a module that depends on it.
+holds a module that depends on it.  A node fixed in eval mode likewise ignores
+``.train()``: that is the usual inference case, recorded but not warned about.
 
 The rule, practical rather than complete:
 
