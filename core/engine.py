@@ -701,7 +701,7 @@ class _Run:
                 else:
                     expected = self._run(node, strategy, getattr(original, method), args, "eager")
                 actual = self._run(node, strategy, getattr(compiled, method), args, "compiled")
-                diff, mismatch = compare(expected, actual, self._tolerance([strategy]))
+                diff, mismatch = compare(expected, actual, self._tolerance(node.path, strategy))
                 largest = max(largest, diff)
                 count += 1
                 if mismatch is not None:
@@ -748,9 +748,7 @@ class _Run:
                 strategy=None if claim is None else claim.strategy,
                 claimant=None if claim is None else claim.claimant,
             ) from exc
-        tolerance = self._tolerance(
-            self.plugins.strategies[self.outcomes[path].attempts[-1].strategy] for path in self.compiled_paths
-        )
+        tolerance = self._tolerance("")
         diff, mismatch = compare(self.recording.root_output, actual, tolerance)
         if mismatch is not None:
             culprits = locate(
@@ -791,11 +789,18 @@ class _Run:
             same_inputs(call.get("forward"), self.example_args) for call in self.verified_on.get("", ())
         )
 
-    def _tolerance(self, strategies: Iterable[Strategy]) -> Tolerance:
-        """The caller's ``atol``/``rtol``, else the loosest the ``strategies`` declare, else
-        ``None`` (by dtype): a model is as close to eager as its least precise piece."""
+    def _tolerance(self, path: str, strategy: Strategy | None = None) -> Tolerance:
+        """Verification's tolerance at ``path``: the caller's ``atol``/``rtol``, else the loosest
+        that ``strategy`` and the strategies of the nodes compiled below ``path`` declare, else
+        ``None`` (by dtype): a module is as close to eager as its least precise piece."""
         caller = self.options.tolerance
-        declared = list(strategies)
+        prefix = f"{path}." if path else ""
+        declared = [] if strategy is None else [strategy]
+        declared += [
+            self.plugins.strategies[self.outcomes[p].attempts[-1].strategy]
+            for p in self.compiled_paths
+            if p.startswith(prefix)
+        ]
         atol = max((s.atol for s in declared if s.atol is not None), default=None)
         rtol = max((s.rtol for s in declared if s.rtol is not None), default=None)
         return Tolerance(
