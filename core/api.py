@@ -67,8 +67,8 @@ def compile(
     modules are compiled as part of their nearest compiled ancestor, or stay in
     Python: a model in which nothing is claimed is not compiled (a
     :class:`TorchstitchWarning` says so; claim its root with ``root_strategy=``,
-    or use :func:`script` or :func:`trace`).  The caller's model is never changed, unless ``in_place=True``, and
-    then only once everything compiled.  For timings, verification figures and
+    or use :func:`script` or :func:`trace`).  The caller's model is never changed,
+    unless ``in_place=True``, and then only once everything compiled.  For timings, verification figures and
     the annotated plan use :class:`Engine` and its :class:`CompileResult`.
 
     :param example_inputs: arguments for the root's ``forward``: run once eagerly

@@ -116,7 +116,9 @@ class BF16Plugin:
 
 
 def nothing_compiled_warnings(caught):
-    return [w for w in caught if issubclass(w.category, ts.TorchstitchWarning) and "nothing" in str(w.message)]
+    return [
+        w for w in caught if issubclass(w.category, ts.TorchstitchWarning) and "nothing" in str(w.message)
+    ]
 
 
 # --------------------------------------------------------------------------

@@ -94,6 +94,9 @@ def assert_tensors_unchanged(model, before):
         assert torch.equal(tensor, value), f"{name} changed values"
 
 
+BLOCK_CONVERTS = [ts.Rule("converts", path="block")]
+
+
 def to_bf16(module, context):
     return InBF16(module.to(torch.bfloat16))
 
@@ -128,7 +131,7 @@ def test_strategy_changing_the_callers_tensors_is_put_back_and_blamed(watch, fn,
         ts.compile(
             model,
             example_inputs=(x,),
-            rules=[ts.Rule("converts", path="block")],
+            rules=BLOCK_CONVERTS,
             plugins=[StrategyPlugin("converts", fn)],
             on_error=on_error,
         )
@@ -178,7 +181,7 @@ def test_gradients_converted_with_their_parameters_are_put_back():
     grad = model.block.lin.weight.grad
     grad_before = grad.clone()
     with pytest.raises(ts.PluginError, match=r"block\.lin\.weight"):
-        ts.compile(model, rules=[ts.Rule("converts", path="block")], plugins=[StrategyPlugin("converts", to_bf16)])
+        ts.compile(model, rules=BLOCK_CONVERTS, plugins=[StrategyPlugin("converts", to_bf16)])
     assert model.block.lin.weight.grad is grad
     assert grad.dtype == torch.float32
     torch.testing.assert_close(grad, grad_before, rtol=0, atol=0)
@@ -193,7 +196,7 @@ def test_parameters_swapped_by_conversion_are_put_back():
     try:
         with pytest.raises(ts.PluginError, match=r"block\.lin\.weight \(dtype"):
             ts.compile(
-                model, rules=[ts.Rule("converts", path="block")], plugins=[StrategyPlugin("converts", to_bf16)]
+                model, rules=BLOCK_CONVERTS, plugins=[StrategyPlugin("converts", to_bf16)]
             )
     finally:
         torch.__future__.set_swap_module_params_on_conversion(previous)
@@ -202,7 +205,7 @@ def test_parameters_swapped_by_conversion_are_put_back():
 
 def test_buffers_converted_on_the_shell_only_leave_the_caller_alone():
     # nn.Module._apply rebinds buffers in the shell's own dict: the caller keeps its own
-    def buffers_to_double(module, context):
+    def double_buffers(module, context):
         module._buffers["offset"] = module.offset.double()
         return module
 
@@ -210,7 +213,7 @@ def test_buffers_converted_on_the_shell_only_leave_the_caller_alone():
     x = x3()
     before = tensors_of(model)
     compiled = ts.compile(
-        model, rules=[ts.Rule("buffers", path="block")], plugins=[StrategyPlugin("buffers", buffers_to_double)]
+        model, rules=[ts.Rule("buffers", path="block")], plugins=[StrategyPlugin("buffers", double_buffers)]
     )
     assert compiled.block.offset.dtype == torch.float64
     assert_tensors_unchanged(model, before)
