@@ -46,6 +46,7 @@ from .locate import locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
+from .provenance import attach_plan
 from .strategy import CompileContext, Strategy, TracingInputs
 from .verify import Tolerance, compare
 
@@ -252,6 +253,8 @@ class Engine:
             run = _Run(self.options, plugin_set, tree, example_args, caller_inputs)
             compiled = run.execute()
         plan = run.annotated_plan()
+        if compiled is not module:  # never tag the caller's own module
+            attach_plan(compiled, plan)
         run.warn_fallbacks()
         _warn_if_nothing_compiles(plan, plugin_set)
         return CompileResult(compiled, plan, time.perf_counter() - start)
