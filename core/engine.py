@@ -534,7 +534,7 @@ class _Run:
         claimant = None if node.claim is None else node.claim.claimant
         # the shell shares the caller's tensors: a plugin converting it converts the model
         guard = TensorGuard(self.modules[node.path], node.path)
-        with self._caller_tensors_kept(guard, node, strategy, "torchstitch_prepare"):
+        with self._caller_tensors_kept(guard, node, strategy, "torchstitch_prepare", None):
             module = self.plugins.call_chain(
                 "torchstitch_prepare",
                 shell,
@@ -553,7 +553,8 @@ class _Run:
             inputs, source = self._tracing_inputs(node, module, strategy)
         context = self._context(node, strategy, inputs, source)
         start = time.perf_counter()
-        with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile"):
+        provider = self.plugins.providers[strategy.name]
+        with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
             try:
                 compiled = strategy.compile(module, context)
             except StitchError:
@@ -591,17 +592,19 @@ class _Run:
         )
 
     @contextlib.contextmanager
-    def _caller_tensors_kept(self, guard: TensorGuard, node: Node, strategy: Strategy, hook: str):
-        """Around a plugin call: put back the caller's tensors it changed, and blame it.
+    def _caller_tensors_kept(
+        self, guard: TensorGuard, node: Node, strategy: Strategy, hook: str, plugin: str | None
+    ):
+        """Around a call of ``plugin``: put back the caller's tensors it changed, and blame it.
 
-        The plugin is the strategy's provider for ``Strategy.compile``; for a hook, the
-        implementation that raised (one that returned is blamed by ``_blame_changes``).
+        ``plugin=None`` for a chain of hook implementations: the one that raised is blamed
+        here, each one that returned by ``call_chain``'s ``after_each``.
         """
-        plugin = self.plugins.providers[strategy.name] if hook == "Strategy.compile" else None
         try:
             yield
         except Exception as exc:
-            self._blame_changes(guard, node, strategy, hook, plugin or getattr(exc, "plugin", hook), exc)
+            blamed = plugin or getattr(exc, "plugin", None) or f"(the {hook} implementation that raised)"
+            self._blame_changes(guard, node, strategy, hook, blamed, exc)
             raise
         except BaseException:
             guard.restore()  # an interrupt: leave the caller's model as it was, and stop
