@@ -1,8 +1,8 @@
 """No tracked file names a folder of the machine it was written on.
 
 Users and CI clone the project into any folder on any machine: a test that runs
-``/some/home/venv/bin/python`` or a doc that points into one checkout passes only
-where it was written.  Paths that are the same everywhere (``/usr/bin/env``,
+the Python of one home folder's virtual environment, or a doc that points into one
+checkout, passes only where it was written.  Paths that are the same everywhere (``/usr/bin/env``,
 ``/dev/null``, URLs) are fine; relative ones (``.venv/bin/python``) too.
 """
 
@@ -26,7 +26,7 @@ MACHINE_PATH = re.compile(
     _START
     + r"(?:"
     + r"/(?:home|Users)/[\w.-]+"  # someone's home
-    + r"|/root(?=/|\b)"  # root's home
+    + r"|/ro" r"ot(?=/|\b)"  # root's home (split so that this line does not match itself)
     + r"|/(?:work|workspace|srv|mnt|tmp)/[\w.-]+"  # work and scratch folders
     + r"|/(?:[\w.-]+/)*\.?venv/"  # inside a virtual environment
     + r"|/(?:[\w.-]+/)*site-packages/"  # inside an installation
