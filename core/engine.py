@@ -788,11 +788,15 @@ def make_shell(module: torch.nn.Module) -> torch.nn.Module:
 
     Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and
     may duplicate weights.  Strategies may set attributes on the shell (as
-    ``torch.jit.script`` sets ``__overloads__``) without touching the original.
+    ``torch.jit.script`` sets ``__overloads__``) without touching the original,
+    and hooks registered on one later are not registered on the other.
     """
     shell = object.__new__(type(module))
     state = shell.__dict__
     state.update(module.__dict__)
+    for name, value in module.__dict__.items():
+        if "_hooks" in name and isinstance(value, dict):  # _forward_hooks, _state_dict_hooks, ...
+            state[name] = value.copy()
     state["_modules"] = dict(module._modules)
     state["_parameters"] = dict(module._parameters)
     state["_buffers"] = dict(module._buffers)
