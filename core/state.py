@@ -68,7 +68,7 @@ class CallerState:
             bindings = _bindings(module)
             self._saved[id(module)] = (module, bindings)
             for tensor in bindings.values():
-                if tensor is not None and id(tensor) not in self._values:
+                if _has_values(tensor) and id(tensor) not in self._values:
                     self._values[id(tensor)] = (tensor, tensor.detach().clone())
 
     def add_shell(self, original: torch.nn.Module, shell: torch.nn.Module) -> None:
@@ -91,8 +91,8 @@ class CallerState:
         for key, (module, saved) in self._saved.items():
             current = _bindings(module)
             if current.keys() != saved.keys() or any(
-                tensor is not None
-                and (current[name] is not tensor or not _same_values(*self._values[id(tensor)]))
+                current[name] is not tensor
+                or (id(tensor) in self._values and not _same_values(*self._values[id(tensor)]))
                 for name, tensor in saved.items()
             ):
                 out.add(key)
@@ -108,20 +108,26 @@ class CallerState:
             originals = [m for m, _ in self._saved.values()]
         else:
             originals = [m for m in module.modules() if id(m) in self._saved]
-        tensors: dict[int, torch.Tensor] = {}
+        to_copy: set[int] = set()
         for original in originals:
             saved = self._saved[id(original)][1]
             if _rebind(original, saved):
                 log.debug("restored the buffers of %s rebound by a forward", type(original).__name__)
             for follower, bindings in self._followers.get(id(original), ()):
                 _rebind(follower, bindings)
-            tensors.update((id(t), t) for t in saved.values() if t is not None)
+            to_copy.update(id(t) for t in saved.values() if id(t) in self._values)
         with torch.no_grad():
-            for key in tensors:
+            for key in to_copy:
                 tensor, value = self._values[key]
                 if tensor.shape != value.shape:
                     tensor.resize_(value.shape)
                 tensor.copy_(value)
+
+
+def _has_values(tensor: torch.Tensor | None) -> bool:
+    """Whether ``tensor`` holds values to save (not ``None``, on the meta device or uninitialised)."""
+    uninitialized = torch.nn.parameter.UninitializedTensorMixin
+    return tensor is not None and not tensor.is_meta and not isinstance(tensor, uninitialized)
 
 
 def _same_values(tensor: torch.Tensor, value: torch.Tensor) -> bool:
