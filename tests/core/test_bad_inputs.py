@@ -88,6 +88,18 @@ class Pair(nn.Module):
         return self.b(self.a(x))
 
 
+class Ema(nn.Module):
+    """A running average rebound in forward (``self.ema = ...``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("ema", torch.zeros(4))
+
+    def forward(self, x):
+        self.ema = 0.9 * self.ema + 0.1 * x.mean(0)
+        return x + self.ema
+
+
 class Raises(nn.Module):
     def __init__(self):
         super().__init__()
@@ -810,6 +822,28 @@ CASES = {
     "shared-module-claimed-at-one-path": Case(
         _shared_claimed_once, ts.PlanError, path="b", texts=("shared by paths a (inherits)", "b ('script'")
     ),
+    "rebound-buffer-then-a-failed-compile": Case(
+        _compile(lambda: Stack(Ema(), Unscriptable()), example_inputs=(x4(),)),
+        ts.NodeCompileError,
+        path="layers.1",
+        texts=("script failed",),
+    ),
+    "lazy-module-run-by-example-inputs": Case(
+        _compile(lambda: Stack(nn.LazyLinear(4), ScriptedLeaf()), example_inputs=(x4(),)),
+        ts.PlanError,
+        path="layers.0",
+        texts=("LazyLinear has uninitialized parameters", "run the model once first"),
+        also=(ValueError,),
+    ),
+    "meta-model-verified": Case(
+        _compile(
+            lambda: Stack(ScriptedLeaf(), nn.BatchNorm1d(4)).to("meta"),
+            example_inputs=(x4().to("meta"),),
+        ),
+        ts.VerificationError,
+        path="",
+        texts=("meta device", "verify=False"),
+    ),
     "in-place-failure-deep-in-the-tree": Case(
         _in_place_deep_failure,
         ts.NodeCompileError,
@@ -888,10 +922,13 @@ def _cycle_safe_watch(model):
     return check
 
 
-def _no_hooks_left(model):
-    for name, module in model.named_modules():
-        for hooks in ("_forward_pre_hooks", "_forward_hooks"):
-            assert not getattr(module, hooks), f"{hooks} left on {name or '<root>'}"
+def _forward_hooks(model):
+    """The forward hooks on each module (a lazy module has its own, until its first forward)."""
+    return {
+        (name or "<root>", hooks): list(getattr(module, hooks).values())
+        for name, module in model.named_modules()
+        for hooks in ("_forward_pre_hooks", "_forward_hooks")
+    }
 
 
 def _nothing_compiled_inside(model):
@@ -908,6 +945,7 @@ def test_catalogue_is_large_enough():
 def test_bad_input(case, watch, tmp_path):
     model, call = case.build(tmp_path)
     check = _cycle_safe_watch(model) if case.cyclic else watch(model)
+    hooks = None if case.cyclic else _forward_hooks(model)
     with pytest.raises(case.error) as info:
         call()
     err = info.value
@@ -925,7 +963,7 @@ def test_bad_input(case, watch, tmp_path):
         assert isinstance(err.__cause__, case.cause), f"cause is {err.__cause__!r}"
     check()
     if not case.cyclic:
-        _no_hooks_left(model)
+        assert _forward_hooks(model) == hooks, "forward hooks were left or removed"
         _nothing_compiled_inside(model)
 
 
