@@ -88,18 +88,6 @@ class Pair(nn.Module):
         return self.b(self.a(x))
 
 
-class Ema(nn.Module):
-    """A running average rebound in forward (``self.ema = ...``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("ema", torch.zeros(4))
-
-    def forward(self, x):
-        self.ema = 0.9 * self.ema + 0.1 * x.mean(0)
-        return x + self.ema
-
-
 class Raises(nn.Module):
     def __init__(self):
         super().__init__()
@@ -821,12 +809,6 @@ CASES = {
     ),
     "shared-module-claimed-at-one-path": Case(
         _shared_claimed_once, ts.PlanError, path="b", texts=("shared by paths a (inherits)", "b ('script'")
-    ),
-    "rebound-buffer-then-a-failed-compile": Case(
-        _compile(lambda: Stack(Ema(), Unscriptable()), example_inputs=(x4(),)),
-        ts.NodeCompileError,
-        path="layers.1",
-        texts=("script failed",),
     ),
     "lazy-module-run-by-example-inputs": Case(
         _compile(lambda: Stack(nn.LazyLinear(4), ScriptedLeaf()), example_inputs=(x4(),)),
