@@ -65,6 +65,7 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         get_plugin_manager,
         make_plugin_manager,
     )
+    from .core.provenance import plan_of
     from .core.serialization import (
         Artifact,
         ArtifactFormat,
@@ -115,6 +116,7 @@ _LAZY: dict[str, str] = {
     "locate": ".core.locate",
     "get_plugin_manager": ".core.plugin_manager",
     "make_plugin_manager": ".core.plugin_manager",
+    "plan_of": ".core.provenance",
     "Artifact": ".core.serialization",
     "ArtifactFormat": ".core.serialization",
     "load": ".core.serialization",
@@ -176,6 +178,7 @@ __all__ = [
     "locate",
     "make_plugin_manager",
     "plan",
+    "plan_of",
     "save",
     "script",
     "set_compile_mode",

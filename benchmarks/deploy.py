@@ -334,6 +334,8 @@ def _recompiles(stderr: str) -> dict:
     reasons = []
     for i in events[:5]:
         what = lines[i].split("Recompiling function", 1)[1].strip()
+        # source paths relative to the repository, so the results table names no machine's folders
+        what = what.replace(os.path.dirname(HERE) + os.sep, "")
         failure = next((ln.strip() for ln in lines[i + 1 : i + 6] if ln.strip().startswith("- ")), "")
         reasons.append(f"{what}: {failure}"[:300])
     return {"recompiles": len(events), "recompile_reasons": reasons}

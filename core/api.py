@@ -24,14 +24,18 @@ def plan(
     recurse: bool = True,
     plugins: Iterable[object | str] | None = None,
     target: str | None = None,
+    root_strategy: str | Claim | None = None,
+    freeze: bool = False,
 ) -> Plan:
     """Resolve every node's claim and validate the plan; compile nothing.
 
-    ``example_inputs`` and ``inputs`` are checked (arity is not: that needs a run)
-    so a later :func:`compile` with the same arguments fails no earlier than here.
+    Takes the arguments of :func:`compile` that shape the plan, and gives the plan
+    :meth:`Engine.compile` follows with them.  ``example_inputs`` and ``inputs`` are
+    checked (arity is not: that needs a run) so a later :func:`compile` with the same
+    arguments fails no earlier than here.
     """
-    engine = Engine(rules=rules, recurse=recurse, plugins=plugins, target=target)
-    return engine.plan(module, example_inputs=example_inputs, inputs=inputs)
+    engine = Engine(rules=rules, recurse=recurse, plugins=plugins, target=target, freeze=freeze)
+    return engine.plan(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
 
 
 def compile(
@@ -48,18 +52,23 @@ def compile(
     strategy_options: Mapping[str, Mapping[str, Any]] | None = None,
     verify: bool = True,
     on_error: str = "raise",
+    atol: float | None = None,
+    rtol: float | None = None,
     plugins: Iterable[object | str] | None = None,
     freeze: bool = False,
     target: str | None = None,
     progress: bool = False,
+    root_strategy: str | Claim | None = None,
 ) -> torch.nn.Module:
     """Compile ``module`` piece by piece and return the stitched model.
 
     Each submodule is compiled by the strategy that claims it (``@compile_mode``,
     another library's attribute, a plugin's rule, or ``rules=``); unclaimed
     modules are compiled as part of their nearest compiled ancestor, or stay in
-    Python.  The caller's model is never changed, unless ``in_place=True``, and
-    then only once everything compiled.  For timings, verification figures and
+    Python: a model in which nothing is claimed is not compiled (a
+    :class:`TorchstitchWarning` says so; claim its root with ``root_strategy=``,
+    or use :func:`script` or :func:`trace`).  The caller's model is never changed,
+    unless ``in_place=True``, and then only once everything compiled.  For timings, verification figures and
     the annotated plan use :class:`Engine` and its :class:`CompileResult`.
 
     :param example_inputs: arguments for the root's ``forward``: run once eagerly
@@ -75,12 +84,16 @@ def compile(
         (``{"export": {"dims": ...}}``); ``script_options``/``trace_options`` win.
     :param verify: compare traced nodes and the whole model with eager.
     :param on_error: ``"raise"``, or ``"fallback"`` along each strategy's fallbacks.
+    :param atol: verification's absolute tolerance (``|Δ| <= atol + rtol * |eager|``);
+        ``None``: the strategy's own (:attr:`Strategy.atol`), else by dtype.
+    :param rtol: verification's relative tolerance, likewise.
     :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
     :param freeze: ``torch.jit.freeze`` the TorchScript root for inference (needs
         ``model.eval()``; the frozen model holds its own copy of the weights).
     :param target: compile every claimed node for this artifact family (e.g.
         ``"export"``, from the export plugin) instead of the family claimed.
     :param progress: show which node is compiling on stderr (only on a terminal).
+    :param root_strategy: force the root's strategy (a name such as ``"script"``).
     """
     engine = Engine(
         rules=rules,
@@ -93,14 +106,19 @@ def compile(
         strategy_options=strategy_options,
         verify=verify,
         on_error=on_error,
+        atol=atol,
+        rtol=rtol,
         freeze=freeze,
         target=target,
         progress=progress,
     )
-    return engine.compile(module, example_inputs=example_inputs, inputs=inputs).module
+    result = engine.compile(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
+    return result.module
 
 
 def _engine_and_inputs(kw: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
+    if "root_strategy" in kw:
+        raise TypeError("script() and trace() choose the root's strategy: root_strategy= is for compile()")
     call = {key: kw.pop(key) for key in ("example_inputs", "inputs") if key in kw}
     return Engine(**kw), call
 
@@ -108,7 +126,8 @@ def _engine_and_inputs(kw: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
 def script(module: torch.nn.Module, **kw: Any) -> torch.nn.Module:
     """Compile ``module`` with its root scripted (``torch.jit.script``), children as claimed.
 
-    Takes the keyword arguments of :func:`compile`.
+    Takes the keyword arguments of :func:`compile` (``atol``/``rtol`` included)
+    except ``root_strategy``.
     """
     engine, call = _engine_and_inputs(kw)
     root = Claim("script", ClaimKind.OVERRIDE, "torchstitch.script()", "root forced by script()")
@@ -126,7 +145,8 @@ def trace(
     Like ``torch.jit.trace``: ``example_inputs`` is the args tuple (or one tensor)
     for ``forward``, and each of ``check_inputs`` another one to check the trace
     with.  Without ``example_inputs`` the root's ``_make_tracing_inputs`` (or a
-    plugin) must provide them.  Other keyword arguments are those of :func:`compile`.
+    plugin) must provide them.  Other keyword arguments are those of :func:`compile`
+    (``atol``/``rtol`` included) except ``root_strategy``.
     """
     args = as_example_args(example_inputs)
     method_inputs = None if args is None else {"forward": args}

@@ -7,6 +7,7 @@ compiled children into the caller's modules in one pass that cannot fail.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ from .errors import (
     display_path,
     first_line,
 )
+from .guard import TensorGuard
 from .inputs import (
     Recording,
     as_example_args,
@@ -36,6 +38,7 @@ from .inputs import (
     check_tracing_inputs,
     normalize_tracing_inputs,
     record,
+    same_inputs,
     snapshot,
 )
 from .ir import Attempt, Node, Outcome, Plan
@@ -43,6 +46,7 @@ from .locate import locate
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
+from .provenance import attach_plan
 from .state import CallerState, preserved_state, uninitialized_lazy
 from .strategy import CompileContext, Strategy, TracingInputs
 from .verify import Tolerance, compare
@@ -94,7 +98,7 @@ class CompileOptions:
     verify: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     #: ``"raise"`` or ``"fallback"`` (try the strategy's fallbacks, then leave the node to its parent)
     on_error: str = attrs.field(default="raise", validator=_check_on_error)
-    #: verification tolerance (``None``: by dtype)
+    #: verification tolerance (``None``: the strategy's own, else by dtype)
     tolerance: Tolerance = attrs.field(factory=Tolerance)
     #: ``torch.jit.freeze`` the compiled TorchScript root (inference artifacts; weights are
     #: folded into the graph, so the result no longer shares storage with the input)
@@ -207,10 +211,17 @@ class Engine:
         inputs: Mapping[str, Any] | None = None,
         root_strategy: str | Claim | None = None,
     ) -> Plan:
-        """Resolve claims and validate the plan without compiling anything."""
-        tree = self._plan(PluginSet.from_plugins(self.options.plugins), module, root_strategy)
+        """Resolve claims and validate the plan without compiling anything.
+
+        Takes the arguments of :meth:`compile` and fails wherever its planning would
+        (``freeze=True`` included), so the plan is the one ``compile`` would follow.
+        """
+        plugin_set = PluginSet.from_plugins(self.options.plugins)
+        tree = self._plan(plugin_set, module, root_strategy)
         as_example_args(example_inputs)
         _caller_inputs(inputs, tree.plan)
+        if self.options.freeze:
+            _check_freezable(tree.plan, plugin_set, module)
         return tree.plan
 
     def compile(
@@ -244,7 +255,10 @@ class Engine:
             run = _Run(self.options, plugin_set, tree, example_args, caller_inputs, state)
             compiled = run.execute()
         plan = run.annotated_plan()
+        if compiled is not module:  # never tag the caller's own module
+            attach_plan(compiled, plan)
         run.warn_fallbacks()
+        _warn_if_nothing_compiles(plan, plugin_set)
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
     def _plan(
@@ -262,6 +276,24 @@ class Engine:
             target=self.options.target,
         )
         return planner.build(module)
+
+
+def _warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
+    """``ts.compile`` reads like ``torch.compile``, but compiles only what is claimed: say so
+    when nothing is, rather than hand back the model in Python without a word."""
+    if any(
+        node.claim is not None and plugin_set.strategies[node.claim.strategy].compiles
+        for node in plan.walk()
+    ):
+        return
+    root = plan.root.type_name.rpartition(".")[2]
+    warn(
+        f"no module of {root} is claimed by a compiling strategy, so nothing was compiled and "
+        "the model runs in Python (torchstitch compiles what @ts.compile_mode, rules= or a "
+        "plugin claims). Claim the root: ts.script(model, ...), ts.trace(model, example_inputs), "
+        "or ts.compile(model, root_strategy='script') (or rules=[ts.Rule('script', path='')])",
+        TorchstitchWarning,
+    )
 
 
 def _check_freezable(plan: Plan, plugin_set: PluginSet, module: torch.nn.Module) -> None:
@@ -359,6 +391,8 @@ class _Run:
         self.outcomes: dict[str, Outcome] = {}
         #: paths whose strategy produced a compiled module, in compilation order
         self.compiled_paths: list[str] = []
+        #: path -> the tracing inputs its compiled module was verified on
+        self.verified_on: dict[str, TracingInputs] = {}
         #: CompileContext.scratch: the strategies' per-call memo
         self.scratch: dict[Any, Any] = {}
         #: whether any node is compiled (else the root is not verified)
@@ -500,15 +534,21 @@ class _Run:
         self, node: Node, shell: torch.nn.Module, strategy: Strategy
     ) -> tuple[torch.nn.Module, Outcome]:
         claimant = None if node.claim is None else node.claim.claimant
-        module = self.plugins.call_chain(
-            "torchstitch_prepare",
-            shell,
-            "module",
-            torch.nn.Module,
-            node=node,
-            strategy=strategy,
-            scratch=self.scratch,
-        )
+        # the shell shares the caller's tensors: a plugin converting it converts the model
+        guard = TensorGuard(self.modules[node.path], node.path)
+        with self._caller_tensors_kept(guard, node, strategy, "torchstitch_prepare", None):
+            module = self.plugins.call_chain(
+                "torchstitch_prepare",
+                shell,
+                "module",
+                torch.nn.Module,
+                after_each=lambda plugin: self._blame_changes(
+                    guard, node, strategy, "torchstitch_prepare", plugin
+                ),
+                node=node,
+                strategy=strategy,
+                scratch=self.scratch,
+            )
         inputs: TracingInputs = []
         source = None
         if strategy.needs_inputs:
@@ -518,20 +558,20 @@ class _Run:
         original = self.modules[node.path]
         self.state.restore(original)
         start = time.perf_counter()
-        try:
-            compiled = strategy.compile(module, context)
-        except StitchError:
-            raise
-        except Exception as exc:
-            raise NodeCompileError(
-                f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {first_line(exc)}",
-                path=node.path,
-                strategy=strategy.name,
-                claimant=claimant,
-            ) from exc
-        finally:
-            seconds = time.perf_counter() - start
-            self.state.restore(original)  # tracing ran the node
+        provider = self.plugins.providers[strategy.name]
+        with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
+            try:
+                compiled = strategy.compile(module, context)
+            except StitchError:
+                raise
+            except Exception as exc:
+                raise NodeCompileError(
+                    f"{strategy.name} failed on {node.type_name}: {type(exc).__name__}: {first_line(exc)}",
+                    path=node.path,
+                    strategy=strategy.name,
+                    claimant=claimant,
+                ) from exc
+        seconds = time.perf_counter() - start
         if not isinstance(compiled, torch.nn.Module):
             raise PluginError(
                 f"strategy {strategy.name!r} returned {type(compiled).__name__}, not a torch.nn.Module",
@@ -543,9 +583,11 @@ class _Run:
             )
         if strategy.compiles:
             self.state.add_compiled(original, compiled)
+        self.state.restore(original)  # tracing ran the node
         n_verified, max_diff = 0, None
         if strategy.verify and self.options.verify and inputs:
             n_verified, max_diff = self._verify_node(node, strategy, compiled, inputs, source)
+            self.verified_on[node.path] = inputs
         log.debug(
             "%s: %s in %.1f ms (inputs: %s)",
             display_path(node.path),
@@ -556,6 +598,50 @@ class _Run:
         return compiled, Outcome(
             seconds=seconds, inputs_source=source, n_verified=n_verified, max_abs_diff=max_diff
         )
+
+    @contextlib.contextmanager
+    def _caller_tensors_kept(
+        self, guard: TensorGuard, node: Node, strategy: Strategy, hook: str, plugin: str | None
+    ):
+        """Around a call of ``plugin``: put back the caller's tensors it changed, and blame it.
+
+        ``plugin=None`` for a chain of hook implementations: the one that raised is blamed
+        here, each one that returned by ``call_chain``'s ``after_each``.
+        """
+        try:
+            yield
+        except Exception as exc:
+            blamed = plugin or getattr(exc, "plugin", None) or f"(the {hook} implementation that raised)"
+            self._blame_changes(guard, node, strategy, hook, blamed, exc)
+            raise
+        except BaseException:
+            guard.restore()  # an interrupt: leave the caller's model as it was, and stop
+            raise
+        if plugin is not None:
+            self._blame_changes(guard, node, strategy, hook, plugin)
+
+    def _blame_changes(
+        self,
+        guard: TensorGuard,
+        node: Node,
+        strategy: Strategy,
+        hook: str,
+        plugin: str,
+        cause: BaseException | None = None,
+    ) -> None:
+        changed = guard.restore()
+        if not changed:
+            return
+        raise PluginError(
+            f"changed the caller's tensor(s) {'; '.join(changed)} through the module it was given, which "
+            "shares the caller's parameters and buffers; torchstitch put them back. Convert a copy "
+            "(copy.deepcopy(module).to(...)) to change precision or device: see docs/plugins.md",
+            plugin=plugin,
+            hook=hook,
+            path=node.path,
+            strategy=strategy.name,
+            claimant=None if node.claim is None else node.claim.claimant,
+        ) from cause
 
     def _context(
         self, node: Node, strategy: Strategy | None, inputs: TracingInputs, source: str | None
@@ -635,7 +721,7 @@ class _Run:
                     expected = self._run(node, strategy, getattr(original, method), args, "eager")
                 _check_verifiable(expected, node.path, strategy.name, claimant)
                 actual = self._run(node, strategy, getattr(compiled, method), args, "compiled")
-                diff, mismatch = compare(expected, actual, self.options.tolerance)
+                diff, mismatch = compare(expected, actual, self._tolerance(node.path, strategy))
                 largest = max(largest, diff)
                 count += 1
                 if mismatch is not None:
@@ -690,7 +776,8 @@ class _Run:
                 strategy=None if claim is None else claim.strategy,
                 claimant=None if claim is None else claim.claimant,
             ) from exc
-        diff, mismatch = compare(self.recording.root_output, actual, self.options.tolerance)
+        tolerance = self._tolerance("")
+        diff, mismatch = compare(self.recording.root_output, actual, tolerance)
         if mismatch is not None:
             self.state.restore()
             culprits = locate(
@@ -698,7 +785,7 @@ class _Run:
                 compiled,
                 self.example_args,
                 paths=self.compiled_paths,
-                tolerance=self.options.tolerance,
+                tolerance=tolerance,
             )
             if culprits:
                 where = "; ".join(str(c) for c in culprits)
@@ -720,8 +807,34 @@ class _Run:
         previous = self.outcomes.get("", Outcome())
         self.outcomes[""] = attrs.evolve(
             previous,
-            n_verified=previous.n_verified + 1,
+            n_verified=previous.n_verified + (0 if self._root_verified_on_example_inputs() else 1),
             max_abs_diff=max(diff, previous.max_abs_diff or 0.0),
+        )
+
+    def _root_verified_on_example_inputs(self) -> bool:
+        """Whether the root's own check already ran on ``example_inputs`` (a traced root's
+        recorded input is ``example_inputs``): the plan counts distinct inputs."""
+        return any(
+            same_inputs(call.get("forward"), self.example_args) for call in self.verified_on.get("", ())
+        )
+
+    def _tolerance(self, path: str, strategy: Strategy | None = None) -> Tolerance:
+        """Verification's tolerance at ``path``: the caller's ``atol``/``rtol``, else the loosest
+        that ``strategy`` and the strategies of the nodes compiled below ``path`` declare, else
+        ``None`` (by dtype): a module is as close to eager as its least precise piece."""
+        caller = self.options.tolerance
+        prefix = f"{path}." if path else ""
+        declared = [] if strategy is None else [strategy]
+        declared += [
+            self.plugins.strategies[self.outcomes[p].attempts[-1].strategy]
+            for p in self.compiled_paths
+            if p.startswith(prefix)
+        ]
+        atol = max((s.atol for s in declared if s.atol is not None), default=None)
+        rtol = max((s.rtol for s in declared if s.rtol is not None), default=None)
+        return Tolerance(
+            atol if caller.atol is None else caller.atol,
+            rtol if caller.rtol is None else caller.rtol,
         )
 
     # -- reporting -----------------------------------------------------------

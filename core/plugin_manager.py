@@ -6,7 +6,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -262,11 +262,23 @@ class PluginSet:
                 return asked, impl.plugin_name, result
         return asked, None, None
 
-    def call_chain(self, hook_name: str, value: Any, arg: str, expect: type, **kwargs: Any) -> Any:
+    def call_chain(
+        self,
+        hook_name: str,
+        value: Any,
+        arg: str,
+        expect: type,
+        *,
+        after_each: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Thread ``value`` through every implementation as argument ``arg``; each may
-        return a replacement of type ``expect`` or ``None`` to keep it."""
+        return a replacement of type ``expect`` or ``None`` to keep it.  ``after_each``
+        is called with each implementation's plugin name once it returned."""
         for impl in self._impls(hook_name):
             result = self._call(impl, hook_name, {**kwargs, arg: value})
+            if after_each is not None:
+                after_each(impl.plugin_name)
             if result is None:
                 continue
             if not isinstance(result, expect):

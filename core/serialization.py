@@ -20,11 +20,18 @@ import torch
 from .errors import ArtifactError, first_line
 from .ir import Plan
 from .plugin_manager import PluginSet
+from .provenance import attach_plan, plan_of
 
 if TYPE_CHECKING:
     from .engine import CompileResult
 
 __all__ = ["Artifact", "ArtifactFormat", "save", "load", "read_zip_member"]
+
+#: what the metadata's ``"plan"`` says when no plan is known for the saved module
+NO_PLAN = (
+    "none: the module was not returned by a torchstitch compile in this process "
+    "(a copy, a re-scripted or re-loaded module, or one built without torchstitch)"
+)
 
 #: names of the two documents every format embeds (as zip members ending with them)
 PLAN_FILE = "torchstitch/plan.json"
@@ -109,28 +116,40 @@ def save(
     plugins: Iterable[object | str] | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Save a compiled model; its plan (from a ``CompileResult`` or ``plan=``) goes inside.
+    """Save a compiled model with the plan it was compiled with.
+
+    The plan is ``plan=`` if given, else the ``CompileResult``'s, else the one
+    torchstitch attached to the module it returned (``ts.compile``, ``ts.script``,
+    ``Engine.compile``).  A module torchstitch did not return itself (a copy, a
+    re-scripted or re-loaded module) has none: the artifact's metadata then says so.
 
     :param format: an artifact format name (``"torchscript"``, or one a plugin
         adds); by default the first format that accepts the compiled root.
     :param options: options of the chosen format (e.g. ``{"inductor_configs": {...}}``
         for ``"aoti"``).
-    :raises ArtifactError: if no format can save the compiled root (a root left
-        in Python is not a TorchScript module), or ``format`` is unknown.
+    :raises ArtifactError: if ``compiled`` is neither a module nor a ``CompileResult``,
+        no format can save the compiled root (a root left in Python is not a
+        TorchScript module), or ``format`` is unknown; nothing is written then.
     """
     from .engine import CompileResult
 
     if isinstance(compiled, CompileResult):
         plan = compiled.plan if plan is None else plan
         compiled = compiled.module
+    elif not isinstance(compiled, torch.nn.Module):
+        raise ArtifactError(
+            f"ts.save takes a compiled module or a CompileResult, got a {_type_name(compiled)}",
+            path="",
+        )
+    if plan is None:
+        plan = plan_of(compiled)
     known = formats(PluginSet.from_plugins(plugins))
     if format is None:
         chosen = next((f for f in known.values() if f.accepts(compiled)), None)
         if chosen is None:
             strategy = None if plan is None else plan.root.strategy
             raise ArtifactError(
-                f"no artifact format accepts the compiled root, a "
-                f"{type(compiled).__module__}.{type(compiled).__qualname__}"
+                f"no artifact format accepts the compiled root, a {_type_name(compiled)}"
                 + (" left in Python" if strategy is None else "")
                 + f" (formats: {', '.join(sorted(known))}): claim the root 'script' or 'trace' "
                 "(torchstitch.script(model) / torchstitch.trace(model, inputs)) for TorchScript",
@@ -150,6 +169,7 @@ def save(
         "format": chosen.name,
         "torchstitch_version": _version(),
         "torch_version": torch.__version__,
+        "plan": "embedded" if plan is not None else NO_PLAN,
     }
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
@@ -186,8 +206,15 @@ def load(
             continue
         plan_text = extra.get(PLAN_FILE) or None
         plan = Plan.from_json(plan_text) if plan_text else None
+        if plan is not None:
+            attach_plan(module, plan)  # saving the loaded module again keeps its plan
         return Artifact(module, plan, fmt.name, meta)
     raise ArtifactError(f"{path!r} is not an artifact any format can read ({'; '.join(failures)})")
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _version() -> str:

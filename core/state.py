@@ -62,8 +62,10 @@ class CallerState:
         self._saved: dict[int, tuple[torch.nn.Module, Bindings]] = {}
         #: id(buffer) -> (the buffer, a copy of its values)
         self._values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        #: id(caller's module) -> modules whose bindings are restored along with it
-        self._followers: dict[int, list[tuple[torch.nn.Module, Bindings]]] = {}
+        #: id(caller's module) -> id(module) -> (a module restored along with it, its bindings)
+        self._followers: dict[int, dict[int, tuple[torch.nn.Module, Bindings]]] = {}
+        #: ids of the modules in ``_followers``
+        self._followed: set[int] = set()
         for module in root.modules():
             bindings = _bindings(module)
             self._saved[id(module)] = (module, bindings)
@@ -73,16 +75,24 @@ class CallerState:
 
     def add_shell(self, original: torch.nn.Module, shell: torch.nn.Module) -> None:
         """Restore ``shell`` (sharing ``original``'s buffers) to ``original``'s bindings."""
-        self._followers.setdefault(id(original), []).append((shell, self._saved[id(original)][1]))
+        self._follow(original, shell, self._saved[id(original)][1])
 
     def add_compiled(self, original: torch.nn.Module, compiled: torch.nn.Module) -> None:
-        """Restore every module of ``compiled`` (made from ``original``) to its bindings as of now.
+        """Restore ``compiled`` (a strategy's result for ``original``) and the modules in it
+        that are not already restored (shells) to their bindings as of now.
 
         A scripted forward that rebinds a buffer rebinds it in the compiled module,
-        which holds the caller's tensors but its own names for them.
+        which holds the caller's tensors but its own names for them.  Call it right
+        after the strategy returned: its result keeps the buffers it was returned with
+        (a strategy may rebind them on purpose), the shells in it the caller's.
         """
-        followers = self._followers.setdefault(id(original), [])
-        followers.extend((module, _bindings(module)) for module in compiled.modules())
+        for module in compiled.modules():
+            if module is compiled or id(module) not in self._followed:
+                self._follow(original, module, _bindings(module))
+
+    def _follow(self, original: torch.nn.Module, module: torch.nn.Module, bindings: Bindings) -> None:
+        self._followers.setdefault(id(original), {})[id(module)] = (module, bindings)
+        self._followed.add(id(module))
 
     def changed(self) -> set[int]:
         """ids of the caller's modules whose buffers differ from the saved state (rebound,
@@ -113,7 +123,7 @@ class CallerState:
             saved = self._saved[id(original)][1]
             if _rebind(original, saved):
                 log.debug("restored the buffers of %s rebound by a forward", type(original).__name__)
-            for follower, bindings in self._followers.get(id(original), ()):
+            for follower, bindings in self._followers.get(id(original), {}).values():
                 _rebind(follower, bindings)
             to_copy.update(id(t) for t in saved.values() if id(t) in self._values)
         with torch.no_grad():

@@ -23,6 +23,13 @@ def _frozen_names(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
 
 
+def _check_tolerance(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"Strategy.{attribute.name} must be a number >= 0 or None, got {value!r}")
+
+
 @attrs.frozen
 class Strategy:
     """A way of compiling a module, registered by a plugin's ``torchstitch_strategies`` hook.
@@ -58,6 +65,11 @@ class Strategy:
     retarget_hint: str = ""
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
+    #: verification tolerance of this strategy's nodes (``|Δ| <= atol + rtol * |eager|``), for a
+    #: strategy whose output cannot match eager to float32 precision (one computing in bfloat16);
+    #: ``None``: by dtype.  The caller's ``atol=``/``rtol=`` win over these.
+    atol: float | None = attrs.field(default=None, validator=_check_tolerance)
+    rtol: float | None = attrs.field(default=None, validator=_check_tolerance)
 
     def can_hold(self, child: Strategy) -> bool:
         """Whether a ``child`` node claimed by another strategy may sit inside this one's region."""

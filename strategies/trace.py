@@ -14,7 +14,19 @@ def compile_trace(module: torch.nn.Module, context: CompileContext) -> torch.nn.
     # the cost of tracing small modules); the engine verifies the traced module
     # against eager on every input instead, so trace exactly once unless asked.
     options.setdefault("check_trace", False)
-    return torch.jit.trace_module(module, context.inputs[0], **options)
+    try:
+        return torch.jit.trace_module(module, context.inputs[0], **options)
+    except RuntimeError as exc:
+        if _STRICT_ADVICE not in str(exc):
+            raise
+        raise RuntimeError(f"{str(exc).strip()} {_STRICT_HOW}") from exc
+
+
+# the end of torch's message for a list or dict output in strict mode, and how to do that here
+_STRICT_ADVICE = "pass strict=False to trace()"
+_STRICT_HOW = (
+    "In torchstitch: trace_options={'strict': False} (or strategy_options={'trace': {'strict': False}})."
+)
 
 
 STRATEGY = Strategy(

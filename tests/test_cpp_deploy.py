@@ -51,26 +51,64 @@ def read_tensors(path):
     return out
 
 
+def build_command(compiler, output):
+    """The full g++ command line for the deployment check, linked against this torch."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    lib = library_paths()[0]
+    command = [compiler, "-std=c++20", "-O1", "-w", str(SOURCE), "-o", str(output)]
+    command += [f"-I{p}" for p in include_paths()]
+    command += [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ltorch", "-ltorch_cpu", "-lc10"]
+    command += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"]
+    return command
+
+
+def cache_key(compiler):
+    """Everything the binary depends on: the source, the compiler and its version, the
+    include and library directories (the rpath points into them), and torch's version.
+
+    The binary is cached in the system temp dir so that repeated runs skip a slow build;
+    a clone in another folder, a rebuilt venv or another compiler gets its own entry.
+    """
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    parts = [SOURCE.read_bytes(), version.encode(), torch.__version__.encode(), sys.platform.encode()]
+    parts += [arg.encode() for arg in build_command(compiler, "OUT")]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:20]
+
+
 @pytest.fixture(scope="session")
 def deploy_check():
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         pytest.skip("no C++ compiler (g++ or $CXX) on PATH")
-    from torch.utils.cpp_extension import include_paths, library_paths
-
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    binary = Path(tempfile.gettempdir()) / f"torchstitch-cpp-{key}" / "deploy_check"
+    binary = Path(tempfile.gettempdir()) / f"torchstitch-cpp-{cache_key(compiler)}" / "deploy_check"
     if not binary.exists():
         binary.parent.mkdir(parents=True, exist_ok=True)
-        lib = library_paths()[0]
-        command = [compiler, "-std=c++20", "-O1", "-w", str(SOURCE), "-o", str(binary) + ".tmp"]
-        command += [f"-I{p}" for p in include_paths()]
-        command += [f"-L{lib}", f"-Wl,-rpath,{lib}", "-ltorch", "-ltorch_cpu", "-lc10"]
-        command += [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"]
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        os.replace(str(binary) + ".tmp", binary)
+        # a private name, then an atomic rename: concurrent sessions never see a partial binary
+        fd, partial = tempfile.mkstemp(dir=binary.parent, prefix="deploy_check.")
+        os.close(fd)
+        try:
+            done = subprocess.run(build_command(compiler, partial), capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-3000:]
+            os.chmod(partial, 0o755)
+            os.replace(partial, binary)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return binary
+
+
+def test_cache_key_follows_the_library_directory(monkeypatch):
+    """Two clones (two venvs) must not share a binary whose rpath names the other's libtorch."""
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler (g++ or $CXX) on PATH")
+    import torch.utils.cpp_extension as cpp_extension
+
+    here = cache_key(compiler)
+    assert cache_key(compiler) == here
+    monkeypatch.setattr(cpp_extension, "library_paths", lambda *a, **k: ["/elsewhere/torch/lib"])
+    assert cache_key(compiler) != here
 
 
 def run(binary, kind, model, inputs, tmp_path):

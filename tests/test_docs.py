@@ -6,9 +6,13 @@ section, generated from the hookspecs, for pasting into docs/plugins.md.
 
 import inspect
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+
+from torchstitch import TorchScriptDeprecationWarning
 
 from torchstitch.core import hookspecs
 from torchstitch.core.hookspecs import PROJECT
@@ -79,6 +83,24 @@ def test_hook_is_documented_with_signature_and_docstring(name, fn):
 def test_no_documented_hook_is_missing_from_the_hookspecs():
     documented = sections((DOCS / "plugins.md").read_text())
     assert sorted(documented) == sorted(name for name, _ in HOOKS)
+
+
+def test_precision_example_runs(tmp_path):
+    text = (DOCS / "plugins.md").read_text()
+    section = text.split("## Changing precision or device", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    # TorchScript needs the source of the classes: run the block from a real file
+    script = tmp_path / "precision_example.py"
+    script.write_text(block)
+    namespace = {"__name__": "precision_example"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TorchScriptDeprecationWarning)
+        exec(compile(block, str(script), "exec"), namespace)
+    model, compiled = namespace["model"], namespace["compiled"]
+    assert getattr(compiled, "2").inner.weight.dtype == torch.bfloat16  # the bf16 node's copy
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.randn(6, 3)
+    torch.testing.assert_close(compiled(x), model(x), atol=5e-2, rtol=5e-2)
 
 
 def test_docs_link_to_each_other():

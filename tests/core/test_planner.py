@@ -480,7 +480,9 @@ class TestRuleWarnings:
         model = One(Leaf())
         with pytest.warns(ts.TorchstitchWarning, match="matched no module") as record:
             getattr(ts, call)(model, rules=[ts.Rule("script", type=torch.nn.Conv1d)])
-        assert [w.filename for w in record] == [__file__]
+        # compile also warns that nothing was compiled (nothing is claimed): at the caller too
+        assert [w.filename for w in record if "matched no module" in str(w.message)] == [__file__]
+        assert {w.filename for w in record} == {__file__}
 
     def test_single_rule_not_in_a_list(self):
         plan = ts.plan(One(Leaf()), rules=ts.Rule("script", path="child"))

@@ -84,16 +84,96 @@ def test_save_accepts_str_path(tmp_path):
     torch.testing.assert_close(artifact.module(x), model(x))
 
 
-def test_save_module_without_plan_loads_with_plan_none(tmp_path):
-    model = Model()
-    compiled = ts.script(model, example_inputs=(torch.rand(4, 3) + 0.1,))
-    path = tmp_path / "m.pt"
+def without_outcomes(data):
+    """A plan's JSON document with every node's outcome removed (what ``ts.plan`` gives)."""
+    data = dict(data, outcome=None)
+    data["children"] = [without_outcomes(child) for child in data["children"]]
+    return data
+
+
+def compile_functionally(how, model, x):
+    """The compiled module, and what ``ts.plan`` previews for the same call (if it can)."""
+    if how == "script":
+        return ts.script(model, example_inputs=(x,)), None
+    if how == "trace":
+        return ts.trace(model, (x,)), None
+    rules = [ts.Rule("script" if how == "compile" else "export", path="")]
+    return ts.compile(model, example_inputs=(x,), rules=rules), ts.plan(model, rules=rules)
+
+
+@pytest.mark.parametrize(
+    ("how", "fmt"),
+    [("script", "torchscript"), ("trace", "torchscript"), ("compile", "torchscript"), ("export", "export")],
+)
+def test_the_plan_travels_with_a_functionally_compiled_module(tmp_path, how, fmt):
+    model = Traced() if how in ("trace", "export") else Model()
+    x = torch.rand(4, 3) + 0.1
+    compiled, preview = compile_functionally(how, model, x)
+    plan = ts.plan_of(compiled)
+    assert plan is not None
+    assert plan.root.outcome is not None  # the plan the compile used, with its outcomes
+    assert plan.root.strategy == ("export" if how == "export" else "script" if how != "trace" else "trace")
+    if preview is not None:
+        assert without_outcomes(plan.to_dict()["root"]) == without_outcomes(preview.to_dict()["root"])
+
+    path = tmp_path / "m.pt2"
     ts.save(compiled, path)
     artifact = ts.load(path)
+    assert artifact.format == fmt
+    assert artifact.metadata["plan"] == "embedded"
+    assert artifact.plan is not None
+    assert artifact.plan.to_json() == plan.to_json()
+    torch.testing.assert_close(artifact(x), model(x))
+    # the loaded module carries the plan too: saving it again keeps it
+    ts.save(artifact.module, tmp_path / "again.pt2")
+    assert ts.load(tmp_path / "again.pt2").plan == plan
+
+
+def test_the_caller_model_carries_no_plan():
+    model = Model()
+    before = dict(model.__dict__)
+    compiled = ts.script(model, example_inputs=(torch.rand(4, 3) + 0.1,))
+    assert ts.plan_of(compiled) is not None
+    assert ts.plan_of(model) is None
+    assert model.__dict__.keys() == before.keys()
+
+
+def test_a_copy_or_a_rescripted_module_has_no_plan_and_saves_saying_so(tmp_path):
+    import copy
+
+    model = Model()
+    x = torch.rand(4, 3) + 0.1
+    compiled = ts.script(model, example_inputs=(x,))
+    python_root = ts.compile(model, example_inputs=(x,))  # the root stays in Python
+    assert ts.plan_of(python_root) is not None
+    for other in (copy.deepcopy(compiled), copy.deepcopy(python_root), torch.jit.script(torch.nn.Linear(3, 3))):
+        assert ts.plan_of(other) is None
+    path = tmp_path / "copy.pt"
+    ts.save(copy.deepcopy(compiled), path)
+    artifact = ts.load(path)
     assert artifact.plan is None
-    assert artifact.format == "torchscript"
-    x = torch.randn(3, 3)
-    torch.testing.assert_close(artifact.module(x), model(x))
+    assert artifact.metadata["plan"].startswith("none: ")
+    torch.testing.assert_close(artifact(x), model(x))
+
+
+def test_torch_jit_save_still_works_on_a_module_carrying_a_plan(tmp_path):
+    model = Model()
+    x = torch.rand(4, 3) + 0.1
+    compiled = ts.script(model, example_inputs=(x,))
+    torch.jit.save(compiled, str(tmp_path / "jit.pt"))
+    reloaded = torch.jit.load(str(tmp_path / "jit.pt"))
+    torch.testing.assert_close(reloaded(x), model(x))
+    assert ts.plan_of(reloaded) is None
+
+
+@pytest.mark.parametrize("obj", [{"weight": torch.zeros(2)}, "model.pt", None, torch.zeros(3)])
+def test_saving_what_is_not_a_module_is_artifact_error_naming_the_type(tmp_path, obj):
+    path = tmp_path / "m.pt"
+    with pytest.raises(ts.ArtifactError, match=rf"got a ([\w.]+\.)?{type(obj).__qualname__}\b") as info:
+        ts.save(obj, path)
+    assert "CompileResult" in str(info.value)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trace_root_round_trip(tmp_path):

@@ -29,21 +29,24 @@ def package(tmp_path_factory):
     torch.manual_seed(0)
     model = EnergyForces().eval()
     options = {"export": {"dims": {"atoms": {"pos": 0}}, "make_fx": True}}
-    result = ts.Engine(rules=whole_model_rules(), strategy_options=options).compile(
-        model, example_inputs=(torch.randn(5, 3),)
+    # the functional path: the plan travels with the compiled module into the package
+    compiled = ts.compile(
+        model, rules=whole_model_rules(), strategy_options=options, example_inputs=(torch.randn(5, 3),)
     )
     path = tmp_path_factory.mktemp("aoti") / "forces.pt2"
-    ts.save(result, path, format="aoti")
-    return model, result, path
+    ts.save(compiled, path, format="aoti")
+    return model, compiled, path
 
 
 @pytest.mark.slow
 def test_aoti_package_runs_energies_and_forces_like_eager(package):
-    model, result, path = package
+    model, compiled, path = package
     loaded = ts.load(path)
     assert loaded.format == "aoti"
     assert isinstance(loaded.module, AOTIModule)
-    assert loaded.plan == result.plan
+    assert loaded.metadata["plan"] == "embedded"
+    assert loaded.plan == ts.plan_of(compiled)
+    assert loaded.plan.root.outcome.n_verified >= 1
     pos = torch.randn(11, 3)  # another size: the package is dynamic in "atoms"
     energy, forces = loaded(pos)
     expected_energy, expected_forces = model(pos)
