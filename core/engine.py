@@ -384,7 +384,7 @@ class _Run:
         #: ids of the caller's modules whose buffers the recording run changed: their
         #: recorded outputs need not be what a run from the caller's state returns
         self.stateful: set[int] = set()
-        #: id(user module) -> its result (compiled module, shell, or the module itself)
+        #: id(user module) -> its result (compiled module, shell, or the caller's own ScriptModule)
         self.results: dict[int, torch.nn.Module] = {}
         #: id(user module) -> (user module, shell)
         self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
