@@ -37,9 +37,9 @@ from .inputs import (
     call_for_values,
     check_tracing_inputs,
     normalize_tracing_inputs,
-    preserved_buffers,
     record,
     same_inputs,
+    snapshot,
 )
 from .ir import Attempt, Node, Outcome, Plan
 from .locate import Divergence, locate
@@ -47,6 +47,7 @@ from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
 from .provenance import attach_plan
+from .state import CallerState, preserved_state, uninitialized_lazy
 from .strategy import CompileContext, Strategy, TracingInputs
 from .training_mode import training_dependent
 from .verify import Tolerance, compare
@@ -250,8 +251,9 @@ class Engine:
         caller_inputs = _caller_inputs(inputs, tree.plan)
         if self.options.freeze:
             _check_freezable(tree.plan, plugin_set, module)
-        with report_torchscript_deprecations(), preserved_buffers(module):
-            run = _Run(self.options, plugin_set, tree, example_args, caller_inputs)
+        _check_initialized(tree, example_args)
+        with report_torchscript_deprecations(), preserved_state(module) as state:
+            run = _Run(self.options, plugin_set, tree, example_args, caller_inputs, state)
             compiled = run.execute()
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
@@ -318,6 +320,31 @@ def _check_freezable(plan: Plan, plugin_set: PluginSet, module: torch.nn.Module)
         )
 
 
+def _check_initialized(tree: PlannedTree, example_args: tuple[Any, ...] | None) -> None:
+    """Refuse a lazy module (``nn.LazyLinear``, ...) whose parameters do not exist yet
+    where the compile would run it (``example_inputs`` run the whole model) or compile it.
+
+    Running it creates its parameters in the caller's model (its class changes too);
+    compiling a copy instead would give the compiled model random weights the caller's
+    model never gets.  Neither keeps the caller's model unchanged and its weights shared
+    with the compiled one, so the caller runs one forward pass first, and the compiled
+    model shares the weights that pass created.
+    """
+    for node in tree.plan.walk():
+        module = tree.modules[node.path]
+        if (example_args is None and node.region is None) or not uninitialized_lazy(module):
+            continue
+        claim = None if node.region is None else tree.plan[node.region].claim
+        raise PlanError(
+            f"{type(module).__name__} has uninitialized parameters (a lazy module creates them "
+            "on its first forward), and compiling would create them in your model: run the "
+            "model once first (model(*example_inputs)), then compile",
+            path=node.path,
+            strategy=None if claim is None else claim.strategy,
+            claimant=None if claim is None else claim.claimant,
+        )
+
+
 def _caller_inputs(inputs: Mapping[str, Any] | None, plan: Plan) -> dict[str, TracingInputs]:
     if inputs is None:
         return {}
@@ -345,6 +372,7 @@ class _Run:
         tree: PlannedTree,
         example_args: tuple[Any, ...] | None,
         caller_inputs: dict[str, TracingInputs],
+        state: CallerState,
     ) -> None:
         self.options = options
         self.plugins = plugins
@@ -353,7 +381,12 @@ class _Run:
         self.example_args = example_args
         self.caller_inputs = caller_inputs
         self.recording: Recording | None = None
-        #: id(user module) -> its result (compiled module, shell, or the module itself)
+        #: the caller's buffers: every run starts from them
+        self.state = state
+        #: ids of the caller's modules whose buffers the recording run changed: their
+        #: recorded outputs need not be what a run from the caller's state returns
+        self.stateful: set[int] = set()
+        #: id(user module) -> its result (compiled module, shell, or the caller's own ScriptModule)
         self.results: dict[int, torch.nn.Module] = {}
         #: id(user module) -> (user module, shell)
         self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
@@ -366,7 +399,8 @@ class _Run:
         self.fixed_in_training: dict[str, tuple[str, list[str]]] = {}
         #: CompileContext.scratch: the strategies' per-call memo
         self.scratch: dict[Any, Any] = {}
-        self.touched = self._touched_modules()
+        #: whether any node is compiled (else the root is not verified)
+        self.compiles_any = any(node.region is not None for node in self.plan.walk())
         n_claimed = sum(1 for n in self.plan.walk() if n.claim is not None and n.shared_with is None)
         self.progress = Progress(n_claimed if options.progress else 0)
 
@@ -383,13 +417,15 @@ class _Run:
                 limit=max(2, self.options.n_trace_checks),
                 modules=self.modules,
             )
+            self.stateful = self.state.changed()
+            self.state.restore()
         try:
             result = self._build(self.plan.root)
         finally:
             self.progress.close()
         if self.options.freeze:
             result = self._freeze(result)
-        if self.recording is not None and self.options.verify and id(root) in self.touched:
+        if self.recording is not None and self.options.verify and self.compiles_any:
             self._verify_root(result)
         if self.options.in_place:
             self._commit()
@@ -413,44 +449,6 @@ class _Run:
         log.debug("froze the root in %.1f ms", (time.perf_counter() - start) * 1e3)
         return frozen
 
-    def _touched_modules(self) -> set[int]:
-        """ids of the modules that need a shell: inside a compiled region (at any of their
-        paths, subtrees of shared modules included), compiled, or above something that is."""
-        plan, modules = self.plan, self.modules
-        in_region: set[int] = set()
-
-        def mark_region(node: Node, inside: bool) -> None:
-            canonical = node if node.shared_with is None else plan[node.shared_with]
-            inside = inside or node.region is not None
-            key = id(modules[canonical.path])
-            if inside:
-                if key in in_region:
-                    return
-                in_region.add(key)
-            for child in canonical.children:
-                mark_region(child, inside)
-
-        # a node compiled by a strategy has region == its own path, so it is marked too
-        for node in plan.walk():
-            if node.region is not None and node.shared_with is not None:
-                mark_region(node, True)
-        mark_region(plan.root, False)
-
-        touched: dict[int, bool] = {}
-
-        def mark_touched(node: Node) -> bool:
-            canonical = node if node.shared_with is None else plan[node.shared_with]
-            key = id(modules[canonical.path])
-            if key in touched:
-                return touched[key]
-            touched[key] = key in in_region  # provisional; cycles are rejected by the planner
-            below = [mark_touched(child) for child in canonical.children]
-            touched[key] = touched[key] or any(below)
-            return touched[key]
-
-        mark_touched(plan.root)
-        return {key for key, value in touched.items() if value}
-
     def _recording_targets(self) -> dict[str, torch.nn.Module]:
         targets = {}
         for node in self.plan.walk():
@@ -472,11 +470,15 @@ class _Run:
         key = id(module)
         if key in self.results:
             return self.results[key]
-        if key not in self.touched or isinstance(module, torch.jit.ScriptModule):
+        if isinstance(module, torch.jit.ScriptModule):
+            # the caller's own TorchScript module cannot be shelled: it is shared as is
             self.results[key] = module
             return module
+        # every Python module gets a shell, compiled or not: the compiled model must not
+        # share anything with the caller's but tensors (``compiled.eval()``, hooks)
         shell = make_shell(module)
         self.shells[key] = (module, shell)
+        self.state.add_shell(module, shell)
         for child in node.children:
             shell._modules[child.name] = self._build(child)
         result = shell if node.claim is None else self._compile_node(node, shell)
@@ -570,7 +572,10 @@ class _Run:
         source = None
         if strategy.needs_inputs:
             inputs, source = self._tracing_inputs(node, module, strategy)
-        context = self._context(node, strategy, inputs, source)
+        # a private copy: tracing a forward that changes its inputs must not change them
+        context = self._context(node, strategy, snapshot(inputs), source)
+        original = self.modules[node.path]
+        self.state.restore(original)
         start = time.perf_counter()
         provider = self.plugins.providers[strategy.name]
         with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
@@ -595,6 +600,9 @@ class _Run:
                 strategy=strategy.name,
                 claimant=claimant,
             )
+        if strategy.compiles:
+            self.state.add_compiled(original, compiled)
+        self.state.restore(original)  # tracing ran the node
         n_verified, max_diff = 0, None
         if strategy.verify and self.options.verify and inputs:
             n_verified, max_diff = self._verify_node(node, strategy, compiled, inputs, source)
@@ -734,8 +742,13 @@ class _Run:
         source: str | None,
     ) -> tuple[int, float]:
         original = self.modules[node.path]
+        claimant = None if node.claim is None else node.claim.claimant
         recorded = None
-        if self.recording is not None and inputs is self.recording.inputs.get(node.path):
+        if (
+            self.recording is not None
+            and inputs is self.recording.inputs.get(node.path)
+            and not any(id(m) in self.stateful for m in original.modules())
+        ):
             recorded = self.recording.outputs[node.path]
         largest = 0.0
         count = 0
@@ -745,6 +758,7 @@ class _Run:
                     expected = recorded[i]
                 else:
                     expected = self._run(node, strategy, getattr(original, method), args, "eager")
+                _check_verifiable(expected, node.path, strategy.name, claimant)
                 actual = self._run(node, strategy, getattr(compiled, method), args, "compiled")
                 diff, mismatch = compare(expected, actual, self._tolerance(node.path, strategy))
                 largest = max(largest, diff)
@@ -767,6 +781,7 @@ class _Run:
         return count, largest
 
     def _run(self, node: Node, strategy: Strategy, fn, args: tuple, which: str) -> Any:
+        self.state.restore(self.modules[node.path])
         try:
             if which == "compiled":
                 return _call_unoptimized(fn, args)
@@ -783,6 +798,13 @@ class _Run:
         assert self.recording is not None and self.example_args is not None
         root = self.plan.root
         claim = root.claim
+        _check_verifiable(
+            self.recording.root_output,
+            "",
+            None if claim is None else claim.strategy,
+            None if claim is None else claim.claimant,
+        )
+        self.state.restore()
         try:
             actual = _call_unoptimized(compiled, self.example_args)
         except Exception as exc:
@@ -816,6 +838,7 @@ class _Run:
 
     def _culprits(self, compiled: torch.nn.Module) -> list[Divergence]:
         """The deepest compiled pieces that raise, or differ from eager, on their own inputs."""
+        self.state.restore()
         try:
             return locate(
                 self.modules[""],
@@ -931,6 +954,19 @@ class _Run:
             )
 
 
+def _check_verifiable(expected: Any, path: str, strategy: str | None, claimant: str | None) -> None:
+    """Refuse to verify outputs on the meta device: they have shapes but no values to compare."""
+    leaves = torch.utils._pytree.tree_leaves(expected)
+    if any(isinstance(leaf, torch.Tensor) and leaf.is_meta for leaf in leaves):
+        raise VerificationError(
+            "cannot verify against eager: the eager output is on the meta device, which has "
+            "no values to compare; pass verify=False to compile a model on the meta device",
+            path=path,
+            strategy=strategy,
+            claimant=claimant,
+        )
+
+
 def _call_unoptimized(fn, args: tuple) -> Any:
     """Run a compiled module for verification without TorchScript's graph optimizer.
 
@@ -949,11 +985,15 @@ def make_shell(module: torch.nn.Module) -> torch.nn.Module:
 
     Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and
     may duplicate weights.  Strategies may set attributes on the shell (as
-    ``torch.jit.script`` sets ``__overloads__``) without touching the original.
+    ``torch.jit.script`` sets ``__overloads__``) without touching the original,
+    and hooks registered on one later are not registered on the other.
     """
     shell = object.__new__(type(module))
     state = shell.__dict__
     state.update(module.__dict__)
+    for name, value in module.__dict__.items():
+        if "_hooks" in name and isinstance(value, dict):  # _forward_hooks, _state_dict_hooks, ...
+            state[name] = value.copy()
     state["_modules"] = dict(module._modules)
     state["_parameters"] = dict(module._parameters)
     state["_buffers"] = dict(module._buffers)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -20,7 +19,6 @@ __all__ = [
     "check_tracing_inputs",
     "Recording",
     "record",
-    "preserved_buffers",
     "snapshot",
     "to_module",
     "call_for_values",
@@ -295,17 +293,3 @@ def _deepest_module_in_traceback(exc: BaseException, modules: Mapping[str, torch
             deepest = by_id[id(owner)]
         tb = tb.tb_next
     return deepest
-
-
-@contextmanager
-def preserved_buffers(root: torch.nn.Module) -> Iterator[None]:
-    """Restore every buffer's values on exit: eager runs in training mode update running
-    statistics (BatchNorm) of the caller's model, and compiled children share those tensors."""
-    saved = [(b, b.detach().clone()) for b in root.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                if buffer.shape == value.shape:
-                    buffer.copy_(value)

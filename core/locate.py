@@ -10,6 +10,7 @@ import torch
 
 from .errors import display_path, exception_summary
 from .inputs import as_example_args, call_for_values, record
+from .state import CallerState, preserved_state
 from .verify import Tolerance, compare
 
 __all__ = ["Divergence", "locate"]
@@ -61,7 +62,8 @@ def locate(
     detail is the exception, TorchScript's interpreter errors reduced to their
     original cause).  Returns the *deepest* divergent submodules — those with no
     divergent compiled descendant — since a parent that contains a wrong child
-    is wrong too.
+    is wrong too.  Every run starts from the buffers ``eager`` and ``compiled``
+    had when called, and both are left with them.
 
     :param paths: the submodules to check; by default every path whose module in
         ``compiled`` is a different object from the one in ``eager``.
@@ -78,28 +80,55 @@ def locate(
             if (c := _counterpart(compiled, p)) is not None and c is not m and _callable_alone(c)
         ]
     targets = {p: modules[p] for p in paths if p in modules}
-    recording = record(eager, args, targets, limit=2, modules=modules)
-
     diverging: list[Divergence] = []
-    for path in targets:
-        twin = _counterpart(compiled, path)
-        if twin is None or not _callable_alone(twin):
-            continue
-        for call, expected in zip(recording.inputs.get(path, ()), recording.outputs.get(path, ())):
-            try:
-                actual = call_for_values(twin, call["forward"])
-            except Exception as exc:  # a compiled piece that cannot even run is a culprit
-                diverging.append(Divergence(path, float("nan"), f"raised {exception_summary(exc)}"))
-                break
-            largest, mismatch = compare(expected, actual, tolerance)
-            if mismatch is not None:
-                diverging.append(
-                    Divergence(path, mismatch.max_abs_diff, f"{mismatch.where}: {mismatch.detail}")
-                )
-                break
+    with preserved_state(eager) as state:
+        state.add_compiled(eager, compiled)
+        recording = record(eager, args, targets, limit=2, modules=modules)
+        stateful = state.changed()
+        for path, module in targets.items():
+            twin = _counterpart(compiled, path)
+            if twin is None or not _callable_alone(twin):
+                continue
+            if any(id(m) in stateful for m in module.modules()):
+                expected = None  # the recording ran it from changed buffers: run it afresh
+            else:
+                expected = recording.outputs.get(path, ())
+            calls = recording.inputs.get(path, ())
+            found = _divergence(path, module, twin, calls, expected, state, tolerance)
+            if found is not None:
+                diverging.append(found)
 
     def has_divergent_descendant(path: str) -> bool:
         prefix = f"{path}." if path else ""
         return any(d.path != path and d.path.startswith(prefix) for d in diverging)
 
     return [d for d in diverging if not has_divergent_descendant(d.path)]
+
+
+def _divergence(
+    path: str,
+    module: torch.nn.Module,
+    twin: torch.nn.Module,
+    calls: list,
+    expected_outputs: list | None,
+    state: CallerState,
+    tolerance: Tolerance,
+) -> Divergence | None:
+    """The first of ``calls`` on which ``twin`` differs from ``module``; each run starts from
+    the caller's state (``expected_outputs``: the recorded outputs, ``None``: run ``module``)."""
+    for i, call in enumerate(calls):
+        args = call["forward"]
+        if expected_outputs is None:
+            state.restore()
+            expected = call_for_values(module, args)
+        else:
+            expected = expected_outputs[i]
+        state.restore()
+        try:
+            actual = call_for_values(twin, args)
+        except Exception as exc:  # a compiled piece that cannot even run is a culprit
+            return Divergence(path, float("nan"), f"raised {exception_summary(exc)}")
+        _, mismatch = compare(expected, actual, tolerance)
+        if mismatch is not None:
+            return Divergence(path, mismatch.max_abs_diff, f"{mismatch.where}: {mismatch.detail}")
+    return None

@@ -932,6 +932,22 @@ CASES = {
     "shared-module-claimed-at-one-path": Case(
         _shared_claimed_once, ts.PlanError, path="b", texts=("shared by paths a (inherits)", "b ('script'")
     ),
+    "lazy-module-run-by-example-inputs": Case(
+        _compile(lambda: Stack(nn.LazyLinear(4), ScriptedLeaf()), example_inputs=(x4(),)),
+        ts.PlanError,
+        path="layers.0",
+        texts=("LazyLinear has uninitialized parameters", "run the model once first"),
+        also=(ValueError,),
+    ),
+    "meta-model-verified": Case(
+        _compile(
+            lambda: Stack(ScriptedLeaf(), nn.BatchNorm1d(4)).to("meta"),
+            example_inputs=(x4().to("meta"),),
+        ),
+        ts.VerificationError,
+        path="",
+        texts=("meta device", "verify=False"),
+    ),
     "in-place-failure-deep-in-the-tree": Case(
         _in_place_deep_failure,
         ts.NodeCompileError,
@@ -1023,10 +1039,13 @@ def _cycle_safe_watch(model):
     return check
 
 
-def _no_hooks_left(model):
-    for name, module in model.named_modules():
-        for hooks in ("_forward_pre_hooks", "_forward_hooks"):
-            assert not getattr(module, hooks), f"{hooks} left on {name or '<root>'}"
+def _forward_hooks(model):
+    """The forward hooks on each module (a lazy module has its own, until its first forward)."""
+    return {
+        (name or "<root>", hooks): list(getattr(module, hooks).values())
+        for name, module in model.named_modules()
+        for hooks in ("_forward_pre_hooks", "_forward_hooks")
+    }
 
 
 def _nothing_compiled_inside(model):
@@ -1043,6 +1062,7 @@ def test_catalogue_is_large_enough():
 def test_bad_input(case, watch, tmp_path):
     model, call = case.build(tmp_path)
     check = _cycle_safe_watch(model) if case.cyclic else watch(model)
+    hooks = None if case.cyclic else _forward_hooks(model)
     with pytest.raises(case.error) as info:
         call()
     err = info.value
@@ -1060,7 +1080,7 @@ def test_bad_input(case, watch, tmp_path):
         assert isinstance(err.__cause__, case.cause), f"cause is {err.__cause__!r}"
     check()
     if not case.cyclic:
-        _no_hooks_left(model)
+        assert _forward_hooks(model) == hooks, "forward hooks were left or removed"
         _nothing_compiled_inside(model)
 
 

@@ -141,7 +141,8 @@ class TestThirdPartyStrategy:
         compiled = ts.compile(model, example_inputs=(x,), plugins=[plugin])
         assert plugin.compiled == [("layers.1", "Looping")]
         assert isinstance(compiled.layers[1], torch.jit.ScriptModule)
-        assert compiled.layers[0] is model.layers[0]
+        assert type(compiled.layers[0]) is Leaf and compiled.layers[0] is not model.layers[0]
+        assert compiled.layers[0].lin.weight is model.layers[0].lin.weight
         for sample in (x, -x.abs() - 1, x.abs() + 1):  # both branches of the loop
             torch.testing.assert_close(compiled(sample), model(sample))
         check()

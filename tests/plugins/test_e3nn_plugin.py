@@ -140,7 +140,12 @@ def test_blocking_the_plugin_removes_its_claims():
     lin = _linear()
     plan = ts.plan(lin, plugins=["no:e3nn"])
     assert all(node.claim is None for node in plan.walk())
-    assert ts.compile(lin, plugins=["no:e3nn"]) is lin
+    compiled = ts.compile(lin, plugins=["no:e3nn"])
+    # nothing compiled: a model of its own, still in Python, sharing the caller's weights
+    assert type(compiled) is type(lin) and compiled is not lin
+    assert compiled.weight is lin.weight
+    x = torch.randn(3, lin.irreps_in.dim)
+    torch.testing.assert_close(compiled(x), lin(x))
 
 
 def test_compiling_a_composite_model(watch):
@@ -197,7 +202,12 @@ def test_batchnorm_alone_stays_in_python(watch):
     plan = ts.plan(bn)
     assert plan[""].strategy == "unsupported"
     assert plan[""].claim.kind is ts.ClaimKind.ATTRIBUTE
-    assert ts.compile(bn) is bn
+    compiled = ts.compile(bn)
+    # a model of its own in Python, sharing the caller's tensors: its mode is its own
+    assert type(compiled) is type(bn) and compiled is not bn
+    assert compiled.running_mean is bn.running_mean
+    compiled.eval()
+    assert bn.training
     check()
 
 
