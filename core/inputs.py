@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import torch
 
-from .errors import TracingInputsError, first_line
+from .errors import TracingInputsError, exception_summary
 from .strategy import TracingInputs
 
 __all__ = [
@@ -272,7 +272,7 @@ def record(
         except Exception as exc:
             where = _deepest_module_in_traceback(exc, modules)
             raise TracingInputsError(
-                f"the eager run on example_inputs raised {type(exc).__name__}: {first_line(exc)}",
+                f"the eager run on example_inputs raised {exception_summary(exc)}",
                 path=where,
             ) from exc
     finally:

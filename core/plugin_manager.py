@@ -12,7 +12,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, StitchError, first_line
+from .errors import PluginError, StitchError, exception_summary
 from .strategy import Strategy
 
 __all__ = [
@@ -296,7 +296,7 @@ class PluginSet:
 def _raised(impl: pluggy.HookImpl, hook_name: str, exc: Exception, path: str | None) -> PluginError:
     """The error for a hook implementation that raised (chain ``exc`` when raising it)."""
     return PluginError(
-        f"raised {type(exc).__name__}: {first_line(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path
+        f"raised {exception_summary(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path
     )
 
 
