@@ -284,8 +284,7 @@ def _warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
     """``ts.compile`` reads like ``torch.compile``, but compiles only what is claimed: say so
     when nothing is, rather than hand back the model in Python without a word."""
     if any(
-        node.claim is not None and plugin_set.strategies[node.claim.strategy].compiles
-        for node in plan.walk()
+        node.claim is not None and plugin_set.strategies[node.claim.strategy].compiles for node in plan.walk()
     ):
         return
     root = plan.root.type_name.rpartition(".")[2]
@@ -861,8 +860,7 @@ class _Run:
         summary = exception_summary(exc)
         if not culprits:
             hint = (
-                " No compiled submodule fails on its own inputs: the error comes from how they "
-                "are combined"
+                " No compiled submodule fails on its own inputs: the error comes from how they are combined"
             )
         elif where:
             hint = " Compiled submodules that fail on their own inputs (deepest): " + "; ".join(

@@ -295,9 +295,7 @@ class PluginSet:
 
 def _raised(impl: pluggy.HookImpl, hook_name: str, exc: Exception, path: str | None) -> PluginError:
     """The error for a hook implementation that raised (chain ``exc`` when raising it)."""
-    return PluginError(
-        f"raised {exception_summary(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path
-    )
+    return PluginError(f"raised {exception_summary(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path)
 
 
 def _path_of(kwargs: Mapping[str, Any]) -> str | None:

@@ -276,9 +276,7 @@ def load(
         if plan is not None:
             attach_plan(module, plan)  # saving the loaded module again keeps its plan
         return Artifact(module, plan, fmt.name, meta)
-    raise ArtifactError(
-        f"{path!r} is not an artifact any format can read ({'; '.join(failures)})"
-    ) from last
+    raise ArtifactError(f"{path!r} is not an artifact any format can read ({'; '.join(failures)})") from last
 
 
 def _read_meta(path: str) -> dict[str, Any]:

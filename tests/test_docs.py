@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from torchstitch import TorchScriptDeprecationWarning
-
 from torchstitch.core import hookspecs
 from torchstitch.core.hookspecs import PROJECT
 

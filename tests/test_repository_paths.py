@@ -26,7 +26,8 @@ MACHINE_PATH = re.compile(
     _START
     + r"(?:"
     + r"/(?:home|Users)/[\w.-]+"  # someone's home
-    + r"|/ro" r"ot(?=/|\b)"  # root's home (split so that this line does not match itself)
+    + r"|/ro"
+    r"ot(?=/|\b)"  # root's home (split so that this line does not match itself)
     + r"|/(?:work|workspace|srv|mnt|tmp)/[\w.-]+"  # work and scratch folders
     + r"|/(?:[\w.-]+/)*\.?venv/"  # inside a virtual environment
     + r"|/(?:[\w.-]+/)*site-packages/"  # inside an installation

@@ -146,7 +146,11 @@ def test_a_copy_or_a_rescripted_module_has_no_plan_and_saves_saying_so(tmp_path)
     compiled = ts.script(model, example_inputs=(x,))
     python_root = ts.compile(model, example_inputs=(x,))  # the root stays in Python
     assert ts.plan_of(python_root) is not None
-    for other in (copy.deepcopy(compiled), copy.deepcopy(python_root), torch.jit.script(torch.nn.Linear(3, 3))):
+    for other in (
+        copy.deepcopy(compiled),
+        copy.deepcopy(python_root),
+        torch.jit.script(torch.nn.Linear(3, 3)),
+    ):
         assert ts.plan_of(other) is None
     path = tmp_path / "copy.pt"
     ts.save(copy.deepcopy(compiled), path)

@@ -216,9 +216,7 @@ def test_parameters_swapped_by_conversion_are_put_back():
     torch.__future__.set_swap_module_params_on_conversion(True)
     try:
         with pytest.raises(ts.PluginError, match=r"block\.lin\.weight \(dtype"):
-            ts.compile(
-                model, rules=BLOCK_CONVERTS, plugins=[StrategyPlugin("converts", to_bf16)]
-            )
+            ts.compile(model, rules=BLOCK_CONVERTS, plugins=[StrategyPlugin("converts", to_bf16)])
     finally:
         torch.__future__.set_swap_module_params_on_conversion(previous)
     assert_tensors_unchanged(model, before)
