@@ -156,13 +156,43 @@ def seed_model() -> torch.nn.Module:
     return build_seed_model()
 
 
-def wide_tree(n_modules: int) -> torch.nn.Module:
-    """Exactly ``n_modules`` small modules: blocks of one Sequential and 9 leaves (Linear(4, 4),
-    ReLU, Identity) under a root Sequential, remainder leaves on the root."""
-    leaves = (lambda: torch.nn.Linear(4, 4), torch.nn.ReLU, torch.nn.Identity)
-    n_blocks = (n_modules - 1) // 10
-    children = [torch.nn.Sequential(*[leaves[i % 3]() for i in range(9)]) for _ in range(n_blocks)]
-    children += [torch.nn.Identity() for _ in range(n_modules - 1 - 10 * n_blocks)]
+@ts.compile_mode("script")
+class ScriptedLeaf(torch.nn.Linear):
+    """A decorated leaf of the planning tree: the claim hooks find a claim on it."""
+
+
+@ts.compile_mode("trace")
+class TracedLeaf(torch.nn.Linear):
+    """Another decorated leaf: two strategies in one tree."""
+
+
+#: depth of the planning tree: the root, four levels of Sequentials, the leaves
+TREE_DEPTH = 6
+
+
+def deep_tree(n_modules: int, depth: int = TREE_DEPTH) -> torch.nn.Module:
+    """Exactly ``n_modules`` small modules nested ``depth`` levels deep (the root is level 1):
+    Sequentials of 3 modules down to the leaves, which mix decorated (``script``, ``trace``)
+    and undecorated modules (Linear, ReLU, Identity); the remainder hangs off the root."""
+    leaves = (
+        lambda: torch.nn.Linear(4, 4),
+        lambda: ScriptedLeaf(4, 4),
+        torch.nn.ReLU,
+        lambda: TracedLeaf(4, 4),
+        torch.nn.Identity,
+    )
+    made = 0
+
+    def block(level: int) -> torch.nn.Module:
+        nonlocal made
+        made += 1
+        if level == depth:
+            return leaves[made % len(leaves)]()
+        return torch.nn.Sequential(*[block(level + 1) for _ in range(3)])
+
+    per_block = sum(3**i for i in range(depth - 1))  # a level-2 subtree
+    children = [block(2) for _ in range((n_modules - 1) // per_block)]
+    children += [torch.nn.Identity() for _ in range(n_modules - 1 - made)]
     return torch.nn.Sequential(*children)
 
 
@@ -322,7 +352,7 @@ def bench_compile(cases: list[Case], settings: dict) -> tuple[dict, dict]:
 
 
 def bench_plan(settings: dict) -> dict:
-    model = wide_tree(settings["tree_modules"])
+    model = deep_tree(settings["tree_modules"])
     count = sum(1 for _ in model.named_modules())
     ts.plan(model)  # warm up: plugin manager, entry points
     runs = {"named_modules": [], "ts.plan": []}
@@ -765,7 +795,10 @@ def run(mode: str, out_dir: str, profile: bool = False, write_results_md: bool |
         "models": {c.name: f"{c.description}, {c.n_modules()} modules" for c in cases},
         "settings": settings,
     }
-    results["models"]["tree"] = f"synthetic tree of {settings['tree_modules']} small modules"
+    results["models"]["tree"] = (
+        f"synthetic tree of {settings['tree_modules']} small modules, {TREE_DEPTH} levels deep, "
+        "decorated and undecorated leaves"
+    )
     sections = results["section_seconds"] = {}
 
     def section(name, fn):

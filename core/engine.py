@@ -555,7 +555,7 @@ class _Run:
         # the shell shares the caller's tensors: a plugin converting it converts the model
         guard = TensorGuard(self.modules[node.path], node.path)
         with self._caller_tensors_kept(guard, node, strategy, "torchstitch_prepare", None):
-            module = self.plugins.call_chain(
+            module = self.plugins.chain(
                 "torchstitch_prepare",
                 shell,
                 "module",
@@ -624,7 +624,7 @@ class _Run:
         """Around a call of ``plugin``: put back the caller's tensors it changed, and blame it.
 
         ``plugin=None`` for a chain of hook implementations: the one that raised is blamed
-        here, each one that returned by ``call_chain``'s ``after_each``.
+        here, each one that returned by ``chain``'s ``after_each``.
         """
         try:
             yield
@@ -907,7 +907,7 @@ class _Run:
     # -- reporting -----------------------------------------------------------
 
     def _notify(self, node: Node, compiled: torch.nn.Module, outcome: Outcome) -> None:
-        self.plugins.call_all(
+        self.plugins.call(
             "torchstitch_node_compiled",
             node=attrs.evolve(node, outcome=outcome),
             original=self.modules[node.path],

@@ -1,10 +1,14 @@
 """Hook specifications: the contract between the engine and every plugin, built-in or not.
 
-The engine calls each implementation of these hooks on its own (not through one
-pluggy call), so that an exception or a wrong return value can be blamed on the
-plugin that produced it (:class:`~torchstitch.PluginError`).  Consequently hook
-*wrappers* (``wrapper=True`` / ``hookwrapper=True``) are not supported on
-torchstitch hooks; ``tryfirst``/``trylast`` ordering is honoured as in pluggy.
+pluggy calls these hooks, so ``tryfirst``/``trylast`` and hook wrappers
+(``wrapper=True``) work as pluggy documents them; an implementation that raises
+becomes a :class:`~torchstitch.PluginError` naming its plugin, the hook and the
+node path.  Hooks whose answers torchstitch attributes to a plugin (the provider
+of a strategy, of tracing inputs, a preparer) are asked one plugin at a time,
+each ask a pluggy call of that plugin's implementation alone (wrappers wrap each
+ask); their docstrings say so.  ``torchstitch_claim`` is called by torchstitch
+itself for speed unless a wrapper or ``TORCHSTITCH_DEBUG`` needs pluggy's call
+(see ``PluginSet.claims``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def torchstitch_strategies() -> list[Strategy]:
 
     All results are collected.  Called once per plugin manager set-up and per
     call with ``plugins=``; two plugins offering the same strategy name is a
-    :class:`~torchstitch.PluginError`.
+    :class:`~torchstitch.PluginError`.  Asked one plugin at a time: the plugin
+    that returned a strategy is its provider (``torchstitch strategies``, errors).
     """
 
 
@@ -82,7 +87,9 @@ def torchstitch_tracing_inputs(
     answer wins.  ``n`` is how many distinct inputs would be useful (the first
     is traced, the others check the trace); returning fewer is fine.
 
-    Built-in providers run first, in this order: the caller's ``inputs=`` for
+    Asked one plugin at a time, in pluggy's call order, until one answers: the
+    plugin that answered is the inputs' source (``CompileContext.inputs_source``,
+    ``Outcome.inputs_source``).  Built-in providers run first, in this order: the caller's ``inputs=`` for
     the path, the module's ``_make_tracing_inputs(n)``, inputs recorded from an
     eager run on ``example_inputs``.  Mark a provider ``trylast=True`` if it
     should only be asked when all of those have nothing.
@@ -104,7 +111,7 @@ def torchstitch_prepare(
     may be replaced on it, but tensors and objects shared with the user's module
     (parameters, buffers, an ``fx.Graph``) must not be mutated in place.
     Return a replacement module or ``None`` to keep it.  Implementations are
-    chained: each sees the result of the one before.  ``scratch`` is the compile
+    chained: each plugin is asked on its own, with the result of the one before.  ``scratch`` is the compile
     call's memo, shared with strategies (``CompileContext.scratch``): key entries
     by your plugin's name, to reuse work across identical modules of one call.
     """

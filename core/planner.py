@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 import attrs
 import torch
@@ -284,22 +285,9 @@ class Planner:
                 else:
                     offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
         if self.recurse or path == "":
-            for plugin, claim in self.plugins.claims(module, path):
-                if not isinstance(claim, Claim):
-                    raise PluginError(
-                        f"must return a torchstitch.Claim or None, got {claim!r}",
-                        plugin=plugin,
-                        hook="torchstitch_claim",
-                        path=path,
-                    )
-                if claim.kind is ClaimKind.OVERRIDE:
-                    raise PluginError(
-                        "returned an 'override' claim; override is reserved for the "
-                        "caller's rules (use 'rule' or 'attribute')",
-                        plugin=plugin,
-                        hook="torchstitch_claim",
-                        path=path,
-                    )
+            for claim in self.plugins.claims(module, path):
+                if not _is_plugin_claim(claim):
+                    self._bad_claim(module, path, claim)
                 offers.append(claim)
         if not offers:
             return (), None
@@ -327,6 +315,29 @@ class Planner:
                 claimant=winner.claimant,
             )
         return offered, winner
+
+    def _bad_claim(self, module: torch.nn.Module, path: str, claim: object) -> NoReturn:
+        """Blame the plugin that answered ``torchstitch_claim`` with ``claim``."""
+        plugin = self.plugins.who_answered(
+            "torchstitch_claim",
+            lambda answer: answer is not None and not _is_plugin_claim(answer),
+            module=module,
+            path=path,
+        )
+        if isinstance(claim, Claim):
+            raise PluginError(
+                "returned an 'override' claim; override is reserved for the "
+                "caller's rules (use 'rule' or 'attribute')",
+                plugin=plugin,
+                hook="torchstitch_claim",
+                path=path,
+            )
+        raise PluginError(
+            f"must return a torchstitch.Claim or None, got {claim!r}",
+            plugin=plugin,
+            hook="torchstitch_claim",
+            path=path,
+        )
 
     def _retarget(self, path: str, claim: Claim) -> Claim:
         strategy = self.plugins.strategies[claim.strategy]
@@ -399,6 +410,11 @@ class Planner:
         if name is None:
             name = self._type_names[cls] = f"{cls.__module__}.{cls.__qualname__}"
         return name
+
+
+def _is_plugin_claim(claim: object) -> bool:
+    """What a plugin may answer ``torchstitch_claim`` with (override is the caller's)."""
+    return isinstance(claim, Claim) and claim.kind is not ClaimKind.OVERRIDE
 
 
 def _strategy_text(claim: Claim | None) -> str:

@@ -87,6 +87,8 @@ def make_plugin_manager(
         autoload = not os.environ.get(AUTOLOAD_ENV)
     if autoload:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    if os.environ.get(DEBUG_ENV):
+        _trace_to_log(pm)
     for plugin in extra:
         name = _plugin_name(plugin)
         if pm.is_registered(plugin):
@@ -116,23 +118,40 @@ def default_strategy_names() -> tuple[str, ...]:
     return tuple(PluginSet(get_plugin_manager()).strategies)
 
 
+def _trace_to_log(pm: pluggy.PluginManager) -> None:
+    """``TORCHSTITCH_DEBUG``: pluggy's own hook-call tracing, written to this module's logger
+    at DEBUG level (as pytest's ``PYTEST_DEBUG`` writes it to stderr)."""
+    pm.trace.root.setwriter(lambda text: log.debug("%s", text.rstrip("\n")))
+    pm.enable_tracing()
+
+
 class PluginSet:
-    """The engine's view of a plugin manager for one call: strategies resolved once,
-    each hook implementation called on its own so failures name their plugin."""
+    """The engine's view of a plugin manager for one call.
+
+    pluggy calls every hook (``pm.hook.torchstitch_x(...)``), so hook wrappers,
+    ``tryfirst``/``trylast`` and tracing work as pluggy documents them.  Three things
+    pluggy does not tell are kept here, on top of pluggy's public API:
+
+    - *who* raised: an exception is blamed on the implementation whose code is the
+      innermost frame of its traceback (:func:`blame`), and becomes a
+      :class:`~torchstitch.PluginError`;
+    - *who* answered, where the engine reports it (the plugin providing a strategy,
+      the tracing-input provider shown in the plan): those hooks are asked one
+      plugin at a time, each ask a pluggy call of a subset caller (:meth:`ask`);
+    - chaining (``torchstitch_prepare``): each plugin is asked with the previous
+      plugin's answer (:meth:`chain`).
+    """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
-        #: TORCHSTITCH_DEBUG: log every hook implementation's call and answer (DEBUG level)
-        self._debug = bool(os.environ.get(DEBUG_ENV))
-        self._impl_cache: dict[str, list[pluggy.HookImpl]] = {}
-        self._claimers: list[tuple[pluggy.HookImpl, Any, tuple[str, ...]]] | None = None
+        self._subsets: dict[tuple[str, str], pluggy.HookCaller] = {}
+        self._claimers = _plain_claimers(pm)
         #: strategy name -> Strategy
         self.strategies: dict[str, Strategy] = {}
         #: strategy name -> name of the plugin that provides it
         self.providers: dict[str, str] = {}
-        # registration order (pluggy calls newest first): a later plugin re-using a
-        # strategy name is the one blamed
-        for plugin, result in reversed(self.call_all("torchstitch_strategies")):
+        # registration order: a later plugin re-using a strategy name is the one blamed
+        for plugin, result in self.ask_each("torchstitch_strategies", newest_first=False):
             if not isinstance(result, (list, tuple)) or not all(isinstance(s, Strategy) for s in result):
                 raise PluginError(
                     f"must return a list of torchstitch.Strategy, got {result!r}",
@@ -162,107 +181,85 @@ class PluginSet:
             )
         return cls(make_plugin_manager(plugins))
 
-    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
-        cached = self._impl_cache.get(hook_name)
-        if cached is not None:
-            return cached
-        caller = getattr(self.pm.hook, hook_name)
-        # pluggy calls the last implementation first (tryfirst ones sit at the end)
-        impls = list(reversed(caller.get_hookimpls()))
-        for impl in impls:
-            if impl.wrapper or impl.hookwrapper:
-                raise PluginError(
-                    "hook wrappers are not supported on torchstitch hooks; "
-                    "implement the hook plainly (tryfirst/trylast order it)",
-                    plugin=impl.plugin_name,
-                    hook=hook_name,
-                )
-        self._impl_cache[hook_name] = impls
-        return impls
+    # -- calling -------------------------------------------------------------
 
-    def _call(self, impl: pluggy.HookImpl, hook_name: str, kwargs: Mapping[str, Any]) -> Any:
+    def call(self, hook_name: str, **kwargs: Any) -> Any:
+        """``pm.hook.<hook_name>(**kwargs)``; an implementation that raised is a PluginError."""
+        caller = getattr(self.pm.hook, hook_name)
         try:
-            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            return caller(**kwargs)
         except StitchError:
             raise  # a plugin's deliberate, already explained error
         except Exception as exc:
-            raise _raised(impl, hook_name, exc, _path_of(kwargs)) from exc
-        if self._debug:
-            where = _path_of(kwargs)
-            log.debug(
-                "%s%s by %s -> %r",
-                hook_name,
-                "" if where is None else f" at {where or '<root>'}",
-                impl.plugin_name,
-                result,
-            )
-        return result
+            raise _raised(blame(caller, exc) or "(unknown)", hook_name, exc, _path_of(kwargs)) from exc
 
-    def call_all(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Every implementation's non-``None`` result, with the plugin name, in call order."""
-        if self._debug:
-            return [
-                (impl.plugin_name, result)
-                for impl in self._impls(hook_name)
-                if (result := self._call(impl, hook_name, kwargs)) is not None
-            ]
-        # Hot path (the claim hook runs once per module): one try around the loop,
-        # the failing implementation is the one the loop variable points at.
-        results = []
-        impl = None
-        try:
-            for impl in self._impls(hook_name):
-                result = impl.function(*[kwargs[name] for name in impl.argnames])
-                if result is not None:
-                    results.append((impl.plugin_name, result))
-        except StitchError:
-            raise
-        except Exception as exc:
-            assert impl is not None
-            raise _raised(impl, hook_name, exc, _path_of(kwargs)) from exc
-        return results
-
-    def claims(self, module: Any, path: str) -> list[tuple[str, Any]]:
-        """``call_all("torchstitch_claim", module=module, path=path)``, specialised: it runs
-        once per module of the tree, so planning cost is mostly this loop."""
-        if self._debug:
-            return self.call_all("torchstitch_claim", module=module, path=path)
+    def claims(self, module: Any, path: str) -> list[Any]:
+        """``call("torchstitch_claim", module=module, path=path)``, the one hook not called
+        through pluggy when nothing needs pluggy's call: it runs once per module of the tree
+        and pluggy's call costs more than the claims (benchmarks/RESULTS.md, "plan").
+        Under ``TORCHSTITCH_DEBUG`` or with a wrapper on the hook, pluggy calls it."""
         claimers = self._claimers
         if claimers is None:
-            claimers = self._claimers = [
-                (impl, impl.function, impl.argnames) for impl in self._impls("torchstitch_claim")
-            ]
+            return self.call("torchstitch_claim", module=module, path=path)
         results = []
-        impl = None
+        plugin = None
         try:
-            for impl, function, argnames in claimers:
+            for plugin, function, argnames in claimers:  # noqa: B007 (read when one raises)
                 if argnames == ("module",):
                     result = function(module)
                 elif argnames == ("module", "path"):
                     result = function(module, path)
                 else:
-                    given = {"module": module, "path": path}
-                    result = function(*[given[name] for name in argnames])
+                    result = function(*[{"module": module, "path": path}[name] for name in argnames])
                 if result is not None:
-                    results.append((impl.plugin_name, result))
+                    results.append(result)
         except StitchError:
             raise
         except Exception as exc:
-            assert impl is not None
-            raise _raised(impl, "torchstitch_claim", exc, path) from exc
+            assert plugin is not None
+            raise _raised(plugin, "torchstitch_claim", exc, path) from exc
         return results
 
-    def call_first(self, hook_name: str, **kwargs: Any) -> tuple[list[str], str | None, Any]:
-        """``(asked, plugin, result)``: the first non-``None`` result and who was asked."""
-        asked: list[str] = []
-        for impl in self._impls(hook_name):
-            asked.append(impl.plugin_name)
-            result = self._call(impl, hook_name, kwargs)
+    def answerers(self, hook_name: str, newest_first: bool = True) -> list[str]:
+        """Names of the plugins implementing ``hook_name`` (wrappers aside), in call order."""
+        impls = [i for i in getattr(self.pm.hook, hook_name).get_hookimpls() if not _is_wrapper(i)]
+        names = [impl.plugin_name for impl in impls]
+        return names[::-1] if newest_first else names
+
+    def ask(self, hook_name: str, plugin: str, **kwargs: Any) -> Any:
+        """Call ``hook_name`` of ``plugin`` alone (and every wrapper), through pluggy."""
+        caller = self._subset(hook_name, plugin)
+        try:
+            result = caller(**kwargs)
+        except StitchError:
+            raise
+        except Exception as exc:
+            raise _raised(blame(caller, exc) or plugin, hook_name, exc, _path_of(kwargs)) from exc
+        # a plain hook returns a list of answers: this plugin's one, or none
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            return result
+        return result[0] if result else None
+
+    def ask_each(self, hook_name: str, *, newest_first: bool = True, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Every plugin's non-``None`` answer with its name, asked one at a time."""
+        answers = []
+        for plugin in self.answerers(hook_name, newest_first):
+            result = self.ask(hook_name, plugin, **kwargs)
             if result is not None:
-                return asked, impl.plugin_name, result
+                answers.append((plugin, result))
+        return answers
+
+    def call_first(self, hook_name: str, **kwargs: Any) -> tuple[list[str], str | None, Any]:
+        """``(asked, plugin, result)``: the first non-``None`` answer, who gave it and who was asked."""
+        asked: list[str] = []
+        for plugin in self.answerers(hook_name):
+            asked.append(plugin)
+            result = self.ask(hook_name, plugin, **kwargs)
+            if result is not None:
+                return asked, plugin, result
         return asked, None, None
 
-    def call_chain(
+    def chain(
         self,
         hook_name: str,
         value: Any,
@@ -272,30 +269,80 @@ class PluginSet:
         after_each: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Thread ``value`` through every implementation as argument ``arg``; each may
-        return a replacement of type ``expect`` or ``None`` to keep it.  ``after_each``
-        is called with each implementation's plugin name once it returned."""
-        for impl in self._impls(hook_name):
-            result = self._call(impl, hook_name, {**kwargs, arg: value})
+        """Thread ``value`` through every plugin's implementation as argument ``arg``; each
+        may return a replacement of type ``expect`` or ``None`` to keep it.  ``after_each``
+        is called with each plugin's name once it returned."""
+        for plugin in self.answerers(hook_name):
+            result = self.ask(hook_name, plugin, **{**kwargs, arg: value})
             if after_each is not None:
-                after_each(impl.plugin_name)
+                after_each(plugin)
             if result is None:
                 continue
             if not isinstance(result, expect):
                 raise PluginError(
                     f"must return a {expect.__module__}.{expect.__qualname__} or None, "
                     f"got {type(result).__name__}",
-                    plugin=impl.plugin_name,
+                    plugin=plugin,
                     hook=hook_name,
                     path=_path_of(kwargs),
                 )
             value = result
         return value
 
+    def who_answered(self, hook_name: str, answer: Callable[[Any], bool], **kwargs: Any) -> str:
+        """The first plugin whose answer to ``hook_name(**kwargs)`` satisfies ``answer``: for
+        an error about one answer of a hook called once for all plugins (asks them again)."""
+        for plugin in self.answerers(hook_name):
+            if answer(self.ask(hook_name, plugin, **kwargs)):
+                return plugin
+        return "(unknown)"
 
-def _raised(impl: pluggy.HookImpl, hook_name: str, exc: Exception, path: str | None) -> PluginError:
+    def _subset(self, hook_name: str, plugin: str) -> pluggy.HookCaller:
+        key = (hook_name, plugin)
+        caller = self._subsets.get(key)
+        if caller is None:
+            others = [
+                impl.plugin
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls()
+                if impl.plugin_name != plugin and not _is_wrapper(impl)
+            ]
+            caller = self._subsets[key] = self.pm.subset_hook_caller(hook_name, others)
+        return caller
+
+
+def _plain_claimers(pm: pluggy.PluginManager) -> list[tuple[str, Any, tuple[str, ...]]] | None:
+    """The claim implementations in pluggy's call order, for :meth:`PluginSet.claims`;
+    ``None`` when pluggy must do the call (a wrapper, or tracing is on)."""
+    impls = pm.hook.torchstitch_claim.get_hookimpls()
+    if os.environ.get(DEBUG_ENV) or any(_is_wrapper(impl) for impl in impls):
+        return None
+    return [(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+
+
+def _is_wrapper(impl: pluggy.HookImpl) -> bool:
+    return bool(impl.wrapper or impl.hookwrapper)
+
+
+def blame(caller: pluggy.HookCaller, exc: BaseException) -> str | None:
+    """The plugin whose implementation of ``caller``'s hook raised ``exc``: the one whose
+    code is the innermost frame of the traceback (a wrapper re-raising an implementation's
+    error is further out), or ``None`` if no implementation's code is in it."""
+    codes = {}
+    for impl in caller.get_hookimpls():
+        code = getattr(impl.function, "__code__", None)
+        if code is not None:
+            codes[code] = impl.plugin_name
+    culprit = None
+    tb = exc.__traceback__
+    while tb is not None:
+        culprit = codes.get(tb.tb_frame.f_code, culprit)
+        tb = tb.tb_next
+    return culprit
+
+
+def _raised(plugin: str, hook_name: str, exc: Exception, path: str | None) -> PluginError:
     """The error for a hook implementation that raised (chain ``exc`` when raising it)."""
-    return PluginError(f"raised {exception_summary(exc)}", plugin=impl.plugin_name, hook=hook_name, path=path)
+    return PluginError(f"raised {exception_summary(exc)}", plugin=plugin, hook=hook_name, path=path)
 
 
 def _path_of(kwargs: Mapping[str, Any]) -> str | None:

@@ -89,7 +89,7 @@ def formats(plugin_set: PluginSet) -> dict[str, ArtifactFormat]:
     from .errors import PluginError
 
     out: dict[str, ArtifactFormat] = {}
-    for plugin, result in plugin_set.call_all("torchstitch_artifact_formats"):
+    for plugin, result in plugin_set.ask_each("torchstitch_artifact_formats"):
         if not isinstance(result, (list, tuple)) or not all(isinstance(f, ArtifactFormat) for f in result):
             raise PluginError(
                 f"must return a list of torchstitch.ArtifactFormat, got {result!r}",

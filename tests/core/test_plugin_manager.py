@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -453,6 +454,7 @@ class TestPluginsArgument:
 
 
 def test_debug_env_logs_every_hook_call(monkeypatch, caplog):
+    # TORCHSTITCH_DEBUG turns on pluggy's own tracing (as pytest's PYTEST_DEBUG), written to the log
     monkeypatch.setenv("TORCHSTITCH_DEBUG", "1")
     caplog.set_level("DEBUG", logger="torchstitch")
 
@@ -462,8 +464,121 @@ def test_debug_env_logs_every_hook_call(monkeypatch, caplog):
             return x
 
     ts.plan(torch.nn.Sequential(Scripted()), plugins=[])
-    lines = [r.getMessage() for r in caplog.records if r.name == "torchstitch.core.plugin_manager"]
-    assert any(
-        line.startswith("torchstitch_claim at 0 by compile_mode -> Claim(strategy='script'") for line in lines
-    )
-    assert any(line.startswith("torchstitch_claim at <root> by compile_mode -> None") for line in lines)
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "torchstitch.core.plugin_manager")
+    assert "torchstitch_claim [hook]" in text
+    assert "path: 0" in text
+    assert "finish torchstitch_claim --> [Claim(strategy='script'" in text
+    assert "finish torchstitch_claim --> [] [hook]" in text
+
+
+def test_debug_tracing_is_off_by_default(monkeypatch, caplog):
+    monkeypatch.delenv("TORCHSTITCH_DEBUG", raising=False)
+    caplog.set_level("DEBUG", logger="torchstitch")
+    ts.plan(torch.nn.Sequential(torch.nn.ReLU()), plugins=[])
+    assert not [r for r in caplog.records if r.name == "torchstitch.core.plugin_manager"]
+
+
+# --------------------------------------------------------------------------
+# pluggy calls the hooks: wrappers, blame
+# --------------------------------------------------------------------------
+
+
+class CountingWrapper:
+    """A new-style hook wrapper around every claim call: sees every answer list."""
+
+    name = "counting-wrapper"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @ts.hookimpl(wrapper=True)
+    def torchstitch_claim(self, path):
+        answers = yield
+        self.seen.append(path)
+        return answers
+
+
+class RewritingWrapper:
+    """A wrapper that changes the answers: every scripted claim becomes a trace claim."""
+
+    name = "rewriting-wrapper"
+
+    @ts.hookimpl(wrapper=True)
+    def torchstitch_claim(self):
+        answers = yield
+        return [attrs.evolve(c, strategy="trace") if c.strategy == "script" else c for c in answers]
+
+
+class RaisingWrapper:
+    name = "raising-wrapper"
+
+    @ts.hookimpl(wrapper=True)
+    def torchstitch_claim(self, path):
+        answers = yield
+        if path == "layers.0":
+            raise Boom("wrapper exploded")
+        return answers
+
+
+@ts.compile_mode("script")
+class ScriptedLeaf(Leaf):
+    pass
+
+
+class TestWrappers:
+    def test_a_wrapper_sees_every_claim_call(self):
+        wrapper = CountingWrapper()
+        plan = ts.plan(Model(ScriptedLeaf(), Leaf()), plugins=[wrapper])
+        assert wrapper.seen == ["", "layers", "layers.0", "layers.0.lin", "layers.1", "layers.1.lin"]
+        assert plan["layers.0"].strategy == "script"
+
+    def test_a_wrapper_changes_the_answers(self):
+        model = Model(ScriptedLeaf(), Leaf())
+        plan = ts.plan(model, plugins=[RewritingWrapper()])
+        assert plan["layers.0"].strategy == "trace"
+        x = torch.randn(2, 4)
+        compiled = ts.compile(model, example_inputs=(x,), plugins=[RewritingWrapper()])
+        torch.testing.assert_close(compiled(x), model(x))
+        assert isinstance(compiled.layers[0], torch.jit.ScriptModule)
+
+    def test_an_implementation_raising_under_a_wrapper_is_blamed(self, watch):
+        # the wrapper re-raises the implementation's error: the implementation is at fault
+        model = _model()
+        check = watch(model)
+        with pytest.raises(ts.PluginError) as info:
+            ts.compile(
+                model, example_inputs=(torch.randn(2, 4),), plugins=[CountingWrapper(), RaisingClaim()]
+            )
+        err = info.value
+        assert (err.plugin, err.hook, err.path) == ("faulty", "torchstitch_claim", "layers.1")
+        assert "at 'layers.1'" in str(info.value)
+        check()
+
+    def test_a_raising_wrapper_is_blamed(self, watch):
+        model = _model()
+        check = watch(model)
+        with pytest.raises(ts.PluginError) as info:
+            ts.compile(model, example_inputs=(torch.randn(2, 4),), plugins=[RaisingWrapper()])
+        err = info.value
+        assert (err.plugin, err.hook, err.path) == ("raising-wrapper", "torchstitch_claim", "layers.0")
+        assert "'raising-wrapper'" in str(err) and "at 'layers.0'" in str(err)
+        assert isinstance(err.__cause__, Boom)
+        check()
+
+    def test_a_wrapper_around_an_observer(self):
+        seen = []
+
+        class Around:
+            name = "around"
+
+            @ts.hookimpl(wrapper=True)
+            def torchstitch_node_compiled(self, node):
+                seen.append(("before", node.path))
+                yield
+                seen.append(("after", node.path))
+
+        model = Model(ScriptedLeaf(), Leaf())
+        x = torch.randn(2, 4)
+        compiled = ts.compile(model, plugins=[Around()])
+        torch.testing.assert_close(compiled(x), model(x))
+        assert seen == [("before", "layers.0"), ("after", "layers.0")]
