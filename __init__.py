@@ -16,9 +16,6 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
     from .core.api import (
         compile,
         plan,
-        script,
-        trace,
-        trace_module,
     )
     from .core.claims import (
         Claim,
@@ -76,15 +73,20 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         CompileContext,
         Strategy,
     )
+    from .plugins.builtin.torchscript.api import (
+        script,
+        trace,
+        trace_module,
+    )
 
 # Public names load on first use, so that `import torchstitch` (and the pytest
 # plugin every pytest session of an environment loads) does not import torch.
 _LAZY: dict[str, str] = {
     "compile": ".core.api",
     "plan": ".core.api",
-    "script": ".core.api",
-    "trace": ".core.api",
-    "trace_module": ".core.api",
+    "script": ".plugins.builtin.torchscript.api",
+    "trace": ".plugins.builtin.torchscript.api",
+    "trace_module": ".plugins.builtin.torchscript.api",
     "Claim": ".core.claims",
     "ClaimKind": ".core.claims",
     "Rule": ".core.claims",

@@ -34,7 +34,7 @@ import torch
 
 from .core.errors import StitchError
 from .core.hookspecs import PROJECT
-from .core.plugin_manager import AUTOLOAD_ENV, BUILTIN_PLUGINS, PluginSet, make_plugin_manager
+from .core.plugin_manager import AUTOLOAD_ENV, BUILTIN_PLUGINS, CORE_PLUGINS, PluginSet, make_plugin_manager
 from .core.render import ansi, stream_wants_color
 
 __all__ = ["UsageError", "load_spec", "main", "parse_rule"]
@@ -48,7 +48,7 @@ EXIT_USAGE = 2
 #: ``--rule GLOB=inherit`` makes matching nodes inherit (``Rule(None, path=GLOB)``)
 INHERIT = "inherit"
 
-_BUILTIN_NAMES = frozenset(name for name, _ in BUILTIN_PLUGINS)
+_BUILTIN_NAMES = frozenset(name for name, _ in (*CORE_PLUGINS, *BUILTIN_PLUGINS))
 
 
 class UsageError(Exception):

@@ -721,7 +721,7 @@ this run's numbers.
   three things make TorchScript and torchstitch do less work for them:
   - fx gives every `GraphModule` a class of its own, so TorchScript's type cache never saw
     two copies of e3nn's generated tensor-product code as alike.  torchstitch scripts private
-    shells that share one class per distinct code (`core/graph_modules.py`).  TorchScript then
+    shells that share one class per distinct code (`plugins/graph_modules.py`).  TorchScript then
     compiles each kernel once, and each parent holding identical kernels once too.
   - TorchScript tried, and failed, to compile the `torch.fx.Graph` attribute of every
     `GraphModule` as a TorchScript class, re-reading the source of all its methods: about 40%

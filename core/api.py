@@ -1,4 +1,4 @@
-"""The functional API: ``compile``, ``plan``, ``script``, ``trace``, ``trace_module``."""
+"""The functional API: ``compile`` and ``plan`` (``script``/``trace`` are the TorchScript plugin's)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Any
 
 import torch
 
-from .claims import Claim, ClaimKind, Rule
+from .claims import Claim, Rule
 from .engine import Engine
-from .inputs import as_example_args
 from .ir import Plan
 
-__all__ = ["compile", "plan", "script", "trace", "trace_module"]
+__all__ = ["compile", "plan"]
 
 
 def plan(
@@ -78,8 +77,8 @@ def compile(
     :param in_place: put compiled children into the caller's modules on success.
     :param recurse: compile claimed descendants on their own (else only the root).
     :param n_trace_checks: distinct tracing inputs to check each trace with.
-    :param script_options: keyword arguments for ``torch.jit.script``.
-    :param trace_options: keyword arguments for ``torch.jit.trace_module``.
+    :param script_options: keyword arguments for the ``script`` strategy's compiler.
+    :param trace_options: keyword arguments for the ``trace`` strategy's compiler.
     :param strategy_options: options for any strategy, by strategy name
         (``{"export": {"dims": ...}}``); ``script_options``/``trace_options`` win.
     :param verify: compare traced nodes and the whole model with eager.
@@ -88,7 +87,7 @@ def compile(
         ``None``: the strategy's own (:attr:`Strategy.atol`), else by dtype.
     :param rtol: verification's relative tolerance, likewise.
     :param plugins: plugin objects to add and ``"no:NAME"`` strings to block, for this call.
-    :param freeze: ``torch.jit.freeze`` the TorchScript root for inference (needs
+    :param freeze: freeze the TorchScript root for inference (needs
         ``model.eval()``; the frozen model holds its own copy of the weights).
     :param target: compile every claimed node for this artifact family (e.g.
         ``"export"``, from the export plugin) instead of the family claimed.
@@ -114,78 +113,3 @@ def compile(
     )
     result = engine.compile(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
     return result.module
-
-
-def _engine_and_inputs(kw: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
-    if "root_strategy" in kw:
-        raise TypeError("script() and trace() choose the root's strategy: root_strategy= is for compile()")
-    call = {key: kw.pop(key) for key in ("example_inputs", "inputs") if key in kw}
-    return Engine(**kw), call
-
-
-def script(module: torch.nn.Module, **kw: Any) -> torch.nn.Module:
-    """Compile ``module`` with its root scripted (``torch.jit.script``), children as claimed.
-
-    Takes the keyword arguments of :func:`compile` (``atol``/``rtol`` included)
-    except ``root_strategy``.
-    """
-    engine, call = _engine_and_inputs(kw)
-    root = Claim("script", ClaimKind.OVERRIDE, "torchstitch.script()", "root forced by script()")
-    return engine.compile(module, root_strategy=root, **call).module
-
-
-def trace(
-    module: torch.nn.Module,
-    example_inputs: Any = None,
-    check_inputs: Sequence[Any] | None = None,
-    **kw: Any,
-) -> torch.nn.Module:
-    """Compile ``module`` with its root traced on ``example_inputs``, children as claimed.
-
-    Like ``torch.jit.trace``: ``example_inputs`` is the args tuple (or one tensor)
-    for ``forward``, and each of ``check_inputs`` another one to check the trace
-    with.  Without ``example_inputs`` the root's ``_make_tracing_inputs`` (or a
-    plugin) must provide them.  Other keyword arguments are those of :func:`compile`
-    (``atol``/``rtol`` included) except ``root_strategy``.
-    """
-    args = as_example_args(example_inputs)
-    method_inputs = None if args is None else {"forward": args}
-    checks = [{"forward": as_example_args(c)} for c in (check_inputs or ())]
-    return _trace_root(module, method_inputs, checks, "torchstitch.trace()", kw)
-
-
-def trace_module(
-    module: torch.nn.Module,
-    inputs: Mapping[str, tuple[Any, ...]] | None = None,
-    check_inputs: Sequence[Mapping[str, tuple[Any, ...]]] | None = None,
-    **kw: Any,
-) -> torch.nn.Module:
-    """Like ``torch.jit.trace_module``: ``inputs`` maps method names to args tuples.
-
-    Other keyword arguments are those of :func:`compile` (per-path tracing inputs
-    go in ``path_inputs=`` here, as ``inputs`` is taken).
-    """
-    if "path_inputs" in kw:
-        kw["inputs"] = kw.pop("path_inputs")
-    method_inputs = None if inputs is None else dict(inputs)
-    checks = [dict(c) for c in (check_inputs or ())]
-    return _trace_root(module, method_inputs, checks, "torchstitch.trace_module()", kw)
-
-
-def _trace_root(
-    module: torch.nn.Module,
-    method_inputs: dict[str, tuple[Any, ...]] | None,
-    checks: list[dict[str, tuple[Any, ...]]],
-    claimant: str,
-    kw: dict[str, Any],
-) -> torch.nn.Module:
-    engine, call = _engine_and_inputs(kw)
-    if method_inputs is not None:
-        path_inputs = dict(call.get("inputs") or {})
-        path_inputs[""] = [method_inputs, *checks]
-        call["inputs"] = path_inputs
-        if "forward" in method_inputs and call.get("example_inputs") is None:
-            # also record real inputs for traced descendants, and verify the root on them
-            call["example_inputs"] = method_inputs["forward"]
-    root = Claim("trace", ClaimKind.OVERRIDE, claimant, "root forced by trace()")
-    return engine.compile(module, root_strategy=root, **call).module

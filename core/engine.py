@@ -18,7 +18,6 @@ import torch
 
 from ._warn import warn
 from .claims import Claim, ClaimKind, Rule
-from .deprecation import report_torchscript_deprecations
 from .errors import (
     NodeCompileError,
     PlanError,
@@ -42,7 +41,7 @@ from .inputs import (
     snapshot,
 )
 from .ir import Attempt, Node, Outcome, Plan
-from .locate import Divergence, locate
+from .locate import Divergence, locate_with
 from .planner import PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
@@ -101,8 +100,9 @@ class CompileOptions:
     on_error: str = attrs.field(default="raise", validator=_check_on_error)
     #: verification tolerance (``None``: the strategy's own, else by dtype)
     tolerance: Tolerance = attrs.field(factory=Tolerance)
-    #: ``torch.jit.freeze`` the compiled TorchScript root (inference artifacts; weights are
-    #: folded into the graph, so the result no longer shares storage with the input)
+    #: freeze the compiled TorchScript root (inference artifacts; weights are folded into
+    #: the graph, so the result no longer shares storage with the input): a finalize step
+    #: of the TorchScript plugin
     freeze: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: show a one-line progress display on stderr while compiling (only on a terminal)
     progress: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
@@ -221,8 +221,7 @@ class Engine:
         tree = self._plan(plugin_set, module, root_strategy)
         as_example_args(example_inputs)
         _caller_inputs(inputs, tree.plan)
-        if self.options.freeze:
-            _check_freezable(tree.plan, plugin_set, module)
+        _check_plan(plugin_set, tree.plan, module, self.options)
         return tree.plan
 
     def compile(
@@ -249,12 +248,11 @@ class Engine:
         tree = self._plan(plugin_set, module, root_strategy)
         example_args = as_example_args(example_inputs)
         caller_inputs = _caller_inputs(inputs, tree.plan)
-        if self.options.freeze:
-            _check_freezable(tree.plan, plugin_set, module)
+        _check_plan(plugin_set, tree.plan, module, self.options)
         _check_initialized(tree, example_args)
-        with report_torchscript_deprecations(), preserved_state(module) as state:
+        with preserved_state(module) as state:
             run = _Run(self.options, plugin_set, tree, example_args, caller_inputs, state)
-            compiled = run.execute()
+            compiled = plugin_set.call_around("torchstitch_compile_run", plan=tree.plan, execute=run.execute)
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
             attach_plan(compiled, plan)
@@ -288,35 +286,24 @@ def _warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
     ):
         return
     root = plan.root.type_name.rpartition(".")[2]
+    # in registration order: the built-ins first
+    compiling = [name for name, s in plugin_set.strategies.items() if s.compiles]
+    example = next((n for n in compiling if not plugin_set.strategies[n].needs_inputs), "NAME")
     warn(
         f"no module of {root} is claimed by a compiling strategy, so nothing was compiled and "
         "the model runs in Python (torchstitch compiles what @ts.compile_mode, rules= or a "
         "plugin claims). Claim the root: ts.script(model, ...), ts.trace(model, example_inputs), "
-        "or ts.compile(model, root_strategy='script') (or rules=[ts.Rule('script', path='')])",
+        f"or ts.compile(model, root_strategy={example!r}) (or rules=[ts.Rule({example!r}, path='')]); "
+        f"compiling strategies: {', '.join(map(repr, compiling)) or '(none)'}",
         TorchstitchWarning,
     )
 
 
-def _check_freezable(plan: Plan, plugin_set: PluginSet, module: torch.nn.Module) -> None:
-    root = plan.root
-    strategy = None if root.claim is None else plugin_set.strategies[root.claim.strategy]
-    if strategy is None or strategy.family != "torchscript":
-        raise PlanError(
-            "freeze=True needs a TorchScript root, but the root "
-            + ("stays in Python" if strategy is None else f"is claimed {strategy.name!r}")
-            + ": claim it 'script' or 'trace' (root_strategy=, ts.script(), a Rule with path='')",
-            path="",
-            strategy=None if root.claim is None else root.claim.strategy,
-            claimant=None if root.claim is None else root.claim.claimant,
-        )
-    if module.training:
-        raise PlanError(
-            "freeze=True needs a model in eval mode (torch.jit.freeze folds parameters into "
-            "constants for inference): call model.eval() first",
-            path="",
-            strategy=root.claim.strategy,
-            claimant=root.claim.claimant,
-        )
+def _check_plan(plugin_set: PluginSet, plan: Plan, module: torch.nn.Module, options: CompileOptions) -> None:
+    """The plugins' plan-time checks (the TorchScript plugin's for ``freeze=True``, say)."""
+    plugin_set.call(
+        "torchstitch_check_plan", plan=plan, module=module, options=options, strategies=plugin_set.strategies
+    )
 
 
 def _check_initialized(tree: PlannedTree, example_args: tuple[Any, ...] | None) -> None:
@@ -385,7 +372,7 @@ class _Run:
         #: ids of the caller's modules whose buffers the recording run changed: their
         #: recorded outputs need not be what a run from the caller's state returns
         self.stateful: set[int] = set()
-        #: id(user module) -> its result (compiled module, shell, or the caller's own ScriptModule)
+        #: id(user module) -> its result (compiled module, shell, or the caller's own compiled module)
         self.results: dict[int, torch.nn.Module] = {}
         #: id(user module) -> (user module, shell)
         self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
@@ -422,8 +409,9 @@ class _Run:
             result = self._build(self.plan.root)
         finally:
             self.progress.close()
-        if self.options.freeze:
-            result = self._freeze(result)
+        result = self.plugins.chain(
+            "torchstitch_finalize", result, "module", torch.nn.Module, plan=self.plan, options=self.options
+        )
         if self.recording is not None and self.options.verify and self.compiles_any:
             self._verify_root(result)
         if self.options.in_place:
@@ -431,22 +419,6 @@ class _Run:
             if result is self.shells.get(id(root), (None, None))[1]:
                 result = root
         return result
-
-    def _freeze(self, compiled: torch.nn.Module) -> torch.nn.Module:
-        start = time.perf_counter()
-        try:
-            with torch.jit.optimized_execution(True):
-                frozen = torch.jit.freeze(compiled)
-        except Exception as exc:
-            claim = self.plan.root.claim
-            raise NodeCompileError(
-                f"torch.jit.freeze failed on the compiled root: {exception_summary(exc)}",
-                path="",
-                strategy=None if claim is None else claim.strategy,
-                claimant=None if claim is None else claim.claimant,
-            ) from exc
-        log.debug("froze the root in %.1f ms", (time.perf_counter() - start) * 1e3)
-        return frozen
 
     def _recording_targets(self) -> dict[str, torch.nn.Module]:
         targets = {}
@@ -469,8 +441,8 @@ class _Run:
         key = id(module)
         if key in self.results:
             return self.results[key]
-        if isinstance(module, torch.jit.ScriptModule):
-            # the caller's own TorchScript module cannot be shelled: it is shared as is
+        if isinstance(module, self.plugins.compiled_types):
+            # the caller's own compiled module (a TorchScript one) cannot be shelled: shared as is
             self.results[key] = module
             return module
         # every Python module gets a shell, compiled or not: the compiled model must not
@@ -759,7 +731,9 @@ class _Run:
                     expected = self._run(node, strategy, getattr(original, method), args, "eager")
                 _check_verifiable(expected, node.path, strategy.name, claimant)
                 actual = self._run(node, strategy, getattr(compiled, method), args, "compiled")
-                diff, mismatch = compare(expected, actual, self._tolerance(node.path, strategy))
+                diff, mismatch = compare(
+                    expected, actual, self._tolerance(node.path, strategy), self._keeps_fields(strategy)
+                )
                 largest = max(largest, diff)
                 count += 1
                 if mismatch is not None:
@@ -767,9 +741,9 @@ class _Run:
                         f"{strategy.name} of {node.type_name} differs from eager on tracing input "
                         f"{i} ({method}, from {source}) at {mismatch.where}: {mismatch.detail}"
                         + (
-                            ". A traced data-dependent branch is the usual cause: claim the "
-                            "module 'script' instead"
-                            if i > 0
+                            ". A data-dependent branch fixed by the recorded run is the usual "
+                            f"cause: claim the module {strategy.fallbacks[0]!r} instead"
+                            if i > 0 and strategy.fallbacks
                             else ""
                         ),
                         max_abs_diff=mismatch.max_abs_diff,
@@ -779,11 +753,19 @@ class _Run:
                     )
         return count, largest
 
+    def _keeps_fields(self, strategy: Strategy) -> list[str]:
+        """``strategy``'s fallbacks that compile the source (no recorded run): those keep a
+        NamedTuple output's fields, which a recorded run loses."""
+        strategies = self.plugins.strategies
+        return [n for n in strategy.fallbacks if n in strategies and not strategies[n].needs_inputs]
+
     def _run(self, node: Node, strategy: Strategy, fn, args: tuple, which: str) -> Any:
         self.state.restore(self.modules[node.path])
         try:
             if which == "compiled":
-                return _call_unoptimized(fn, args)
+                return self.plugins.call_around(
+                    "torchstitch_verification_run", function=fn, args=args, path=node.path
+                )
             return call_for_values(fn, args)
         except Exception as exc:
             raise VerificationError(
@@ -805,7 +787,9 @@ class _Run:
         )
         self.state.restore()
         try:
-            actual = _call_unoptimized(compiled, self.example_args)
+            actual = self.plugins.call_around(
+                "torchstitch_verification_run", function=compiled, args=self.example_args, path=""
+            )
         except Exception as exc:
             raise self._root_raised(compiled, exc) from exc
         diff, mismatch = compare(self.recording.root_output, actual, self._tolerance(""))
@@ -839,7 +823,8 @@ class _Run:
         """The deepest compiled pieces that raise, or differ from eager, on their own inputs."""
         self.state.restore()
         try:
-            return locate(
+            return locate_with(
+                self.plugins,
                 self.modules[""],
                 compiled,
                 self.example_args,
@@ -852,7 +837,7 @@ class _Run:
 
     def _root_raised(self, compiled: torch.nn.Module, exc: Exception) -> VerificationError:
         """The error for a compiled model that raised on ``example_inputs``: at the deepest
-        compiled pieces that fail on their own inputs (a child whose ``@torch.jit.unused``
+        compiled pieces that fail on their own inputs (a child whose unused (TorchScript)
         method runs, or whose output a Python parent cannot use), else at the root."""
         culprits = self._culprits(compiled)
         where = culprits[0].path if culprits else ""
@@ -928,11 +913,25 @@ class _Run:
             f"{display_path(path)} ({strategy}: {', '.join(display_path(p) for p in dependent)})"
             for path, (strategy, dependent) in self.fixed_in_training.items()
         )
+        # strategies that compile without a recorded run follow the flag at run time
+        followers = sorted(
+            {
+                name
+                for strategy, _ in self.fixed_in_training.values()
+                for name in self.plugins.strategies[strategy].fallbacks
+                if name in self.plugins.strategies and not self.plugins.strategies[name].needs_inputs
+            }
+        )
         warn(
             f"{len(self.fixed_in_training)} node(s) compiled in training mode hold modules whose "
             f"computation depends on it (batch statistics, dropout): {nodes}. Their compiled form "
             "keeps training behaviour after .eval(); call model.eval() before compiling for "
-            "inference, or claim them 'script', which follows .train()/.eval()",
+            "inference"
+            + (
+                f", or claim them {' or '.join(map(repr, followers))}, which follow .train()/.eval()"
+                if followers
+                else ""
+            ),
             TorchstitchWarning,
         )
 
@@ -965,25 +964,12 @@ def _check_verifiable(expected: Any, path: str, strategy: str | None, claimant: 
         )
 
 
-def _call_unoptimized(fn, args: tuple) -> Any:
-    """Run a compiled module for verification without TorchScript's graph optimizer.
-
-    A TorchScript module's first optimized calls are profiling runs that also fix the
-    shapes it specializes for: 2 of the 3 ms torchstitch spent on the seed example.
-    Verification checks what was traced or scripted, not torch's optimizer, so it runs
-    the graph as compiled, and the caller's first real calls profile real shapes.
-    The switch is thread-local and affects TorchScript only.
-    """
-    with torch.jit.optimized_execution(False):
-        return call_for_values(fn, args)
-
-
 def make_shell(module: torch.nn.Module) -> torch.nn.Module:
     """A new object of the module's class sharing its tensors, with its own containers.
 
     Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and
     may duplicate weights.  Strategies may set attributes on the shell (as
-    ``torch.jit.script`` sets ``__overloads__``) without touching the original,
+    TorchScript's script sets ``__overloads__``) without touching the original,
     and hooks registered on one later are not registered on the other.
     """
     shell = object.__new__(type(module))

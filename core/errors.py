@@ -20,7 +20,7 @@ __all__ = [
     "first_line",
 ]
 
-#: how every error TorchScript's interpreter raises begins (``torch.jit.Error`` or ``RuntimeError``)
+#: how every error TorchScript's interpreter raises begins (its ``Error`` or a ``RuntimeError``)
 _INTERPRETER_ERROR = "The following operation failed in the TorchScript interpreter."
 
 
@@ -219,4 +219,4 @@ class TorchstitchWarning(UserWarning):
 
 
 class TorchScriptDeprecationWarning(TorchstitchWarning):
-    """torch deprecated ``torch.jit.script``/``trace``; torchstitch reports it once per compile call."""
+    """torch deprecated TorchScript's ``script``/``trace``; torchstitch reports it once per compile call."""

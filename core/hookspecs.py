@@ -13,6 +13,7 @@ itself for speed unless a wrapper or ``TORCHSTITCH_DEBUG`` needs pluggy's call
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from .claims import Claim
-    from .ir import Node
+    from .engine import CompileOptions
+    from .ir import Node, Plan
     from .serialization import ArtifactFormat
     from .strategy import CompileContext, Strategy
 
@@ -82,7 +84,7 @@ def torchstitch_tracing_inputs(
     """Provide example inputs for a node whose strategy needs them (``trace``, ``export``).
 
     Return a non-empty list of ``{method_name: args_tuple}`` dicts (the format of
-    ``torch.jit.trace_module`` and e3nn's ``_make_tracing_inputs``), or ``None``
+    TorchScript's ``trace_module`` and e3nn's ``_make_tracing_inputs``), or ``None``
     to let the next provider try.  ``firstresult``: the first non-``None``
     answer wins.  ``n`` is how many distinct inputs would be useful (the first
     is traced, the others check the trace); returning fewer is fine.
@@ -147,4 +149,76 @@ def torchstitch_node_compiled(
     ``original`` is the user's module, ``compiled`` what will be stitched in its
     place.  For progress displays, logging and reports; the return value is
     ignored and neither module may be mutated.
+    """
+
+
+# --------------------------------------------------------------------------
+# around the engine's work (default implementations in core/default_hooks.py)
+# --------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def torchstitch_compile_run(plan: Plan, execute: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+    """Run one compile call of ``plan`` (planned and checked) and return the compiled model.
+
+    The default implementation (``trylast``) returns ``execute()``, which compiles
+    every node, finalizes and verifies the root.  Wrap it with
+    ``@hookimpl(wrapper=True)`` for work around a whole compile call, as the
+    TorchScript plugin reports torch's deprecation warnings once per call.
+    Exceptions of ``execute()`` propagate unchanged.
+    """
+
+
+@hookspec(firstresult=True)
+def torchstitch_verification_run(function: Callable[..., Any], args: tuple[Any, ...], path: str) -> Any:
+    """Run ``function`` (a compiled module, or one of its methods, of the node at ``path``)
+    on ``args`` for verification and return its outputs.
+
+    The default implementation (``trylast``) calls it, with copies of its inputs.
+    Wrap it with ``@hookimpl(wrapper=True)`` to change how a family's modules run
+    when they are checked, as the TorchScript plugin turns TorchScript's graph
+    optimizer off.  Exceptions of ``function`` propagate unchanged.
+    """
+
+
+# --------------------------------------------------------------------------
+# the plan and the compiled root
+# --------------------------------------------------------------------------
+
+
+@hookspec
+def torchstitch_check_plan(
+    plan: Plan, module: torch.nn.Module, options: CompileOptions, strategies: Mapping[str, Strategy]
+) -> None:
+    """Refuse a plan before anything compiles: raise a :class:`~torchstitch.PlanError`.
+
+    Called by ``compile`` and ``plan`` with the caller's ``module`` (read only),
+    the call's options and every strategy of the call, by name.  For checks a
+    family's finalize step needs (the TorchScript plugin refuses ``freeze=True``
+    without a TorchScript root in eval mode).  The return value is ignored.
+    """
+
+
+@hookspec
+def torchstitch_finalize(
+    module: torch.nn.Module, plan: Plan, options: CompileOptions
+) -> torch.nn.Module | None:
+    """Turn the compiled, stitched root into the final artifact, before it is verified.
+
+    Return a replacement module or ``None`` to keep ``module``.  Implementations
+    are chained like ``torchstitch_prepare``: each plugin is asked on its own,
+    with the result of the one before.  The TorchScript plugin freezes the root
+    here under ``freeze=True``.
+    """
+
+
+@hookspec(firstresult=True)
+def torchstitch_runs_alone(module: torch.nn.Module) -> bool | None:
+    """Whether ``module``, a submodule of a compiled model, can be called on its own.
+
+    :func:`~torchstitch.locate` (and the engine's search for the culprit of a root
+    that differs from eager) runs compiled submodules alone on their recorded
+    inputs.  Return ``False`` for one that is part of a larger artifact and
+    refuses to run alone (the TorchScript plugin: a submodule of a trace), or
+    ``None`` to let others decide; when nobody answers it runs.
     """

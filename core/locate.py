@@ -10,6 +10,7 @@ import torch
 
 from .errors import display_path, exception_summary
 from .inputs import as_example_args, call_for_values, record
+from .plugin_manager import PluginSet
 from .state import CallerState, preserved_state
 from .verify import Tolerance, compare
 
@@ -40,12 +41,6 @@ def _counterpart(compiled: torch.nn.Module, path: str) -> torch.nn.Module | None
     return module
 
 
-def _callable_alone(module: torch.nn.Module) -> bool:
-    # the submodules of a traced module are parts of one trace: torch refuses to call them
-    traced = torch.jit._trace.TracedModule
-    return not isinstance(module, traced) or isinstance(module, torch.jit._trace.TopLevelTracedModule)
-
-
 def locate(
     eager: torch.nn.Module,
     compiled: torch.nn.Module,
@@ -53,6 +48,7 @@ def locate(
     *,
     paths: Iterable[str] | None = None,
     tolerance: Tolerance | None = None,
+    plugins: Iterable[object | str] | None = None,
 ) -> list[Divergence]:
     """Compare each compiled submodule with its eager twin on the inputs it received.
 
@@ -67,7 +63,28 @@ def locate(
 
     :param paths: the submodules to check; by default every path whose module in
         ``compiled`` is a different object from the one in ``eager``.
+    :param plugins: as for :func:`~torchstitch.compile`: the plugins that say which
+        compiled submodules cannot run alone (``torchstitch_runs_alone``).
     """
+    return locate_with(
+        PluginSet.from_plugins(plugins), eager, compiled, example_inputs, paths=paths, tolerance=tolerance
+    )
+
+
+def locate_with(
+    plugin_set: PluginSet,
+    eager: torch.nn.Module,
+    compiled: torch.nn.Module,
+    example_inputs: Any,
+    *,
+    paths: Iterable[str] | None = None,
+    tolerance: Tolerance | None = None,
+) -> list[Divergence]:
+    """:func:`locate` with the call's plugins (the engine's)."""
+
+    def runs_alone(module: torch.nn.Module) -> bool:
+        return plugin_set.call("torchstitch_runs_alone", module=module) is not False
+
     args = as_example_args(example_inputs)
     if args is None:
         raise TypeError("locate() needs example_inputs to run the eager model on")
@@ -77,7 +94,7 @@ def locate(
         paths = [
             p
             for p, m in modules.items()
-            if (c := _counterpart(compiled, p)) is not None and c is not m and _callable_alone(c)
+            if (c := _counterpart(compiled, p)) is not None and c is not m and runs_alone(c)
         ]
     targets = {p: modules[p] for p in paths if p in modules}
     diverging: list[Divergence] = []
@@ -87,7 +104,7 @@ def locate(
         stateful = state.changed()
         for path, module in targets.items():
             twin = _counterpart(compiled, path)
-            if twin is None or not _callable_alone(twin):
+            if twin is None or not runs_alone(twin):
                 continue
             if any(id(m) in stateful for m in module.modules()):
                 expected = None  # the recording ran it from changed buffers: run it afresh

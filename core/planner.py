@@ -179,8 +179,10 @@ class Planner:
         claims_at[id(module)] = claim
 
         prefix = f"{path}." if path else ""
-        # an already compiled TorchScript module is a leaf: its children are not Python modules
-        submodules = () if isinstance(module, torch.jit.ScriptModule) else module._modules.items()
+        # an already compiled module (a strategy's compiled_types) is a leaf: its children
+        # are not Python modules
+        compiled = isinstance(module, self.plugins.compiled_types)
+        submodules = () if compiled else module._modules.items()
         children = tuple(
             self._visit(child, prefix + name, node_region, modules, first_path, claims_at)
             for name, child in submodules
@@ -226,7 +228,7 @@ class Planner:
         seen: set[tuple[int, str | None]],
     ) -> None:
         """Claims and containment below a shared module's later path (no nodes are made)."""
-        if isinstance(module, torch.jit.ScriptModule):
+        if isinstance(module, self.plugins.compiled_types):
             return
         prefix = f"{path}." if path else ""
         for name, child in module._modules.items():

@@ -17,6 +17,7 @@ from .strategy import Strategy
 
 __all__ = [
     "BUILTIN_PLUGINS",
+    "CORE_PLUGINS",
     "PluginSet",
     "get_plugin_manager",
     "make_plugin_manager",
@@ -27,16 +28,21 @@ log = logging.getLogger(__name__)
 
 #: built-in plugins, registered by name like pytest's default plugins (blockable: ``"no:trace"``)
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("compile_mode", "torchstitch.strategies.compile_mode"),
-    ("script", "torchstitch.strategies.script"),
-    ("trace", "torchstitch.strategies.trace"),
-    ("unsupported", "torchstitch.strategies.unsupported"),
-    ("format.torchscript", "torchstitch.strategies.torchscript_format"),
+    ("compile_mode", "torchstitch.plugins.builtin.compile_mode"),
+    ("script", "torchstitch.plugins.builtin.torchscript.script"),
+    ("trace", "torchstitch.plugins.builtin.torchscript.trace"),
+    ("unsupported", "torchstitch.plugins.builtin.unsupported"),
+    ("format.torchscript", "torchstitch.plugins.builtin.torchscript.format"),
+    ("torchscript", "torchstitch.plugins.builtin.torchscript.family"),
     # registered in reverse order of precedence: pluggy calls the latest registered first
-    ("inputs.recorded", "torchstitch.strategies.inputs:RecordedInputs"),
-    ("inputs.method", "torchstitch.strategies.inputs:MakeTracingInputs"),
-    ("inputs.caller", "torchstitch.strategies.inputs:CallerInputs"),
+    ("inputs.recorded", "torchstitch.plugins.builtin.inputs:RecordedInputs"),
+    ("inputs.method", "torchstitch.plugins.builtin.inputs:MakeTracingInputs"),
+    ("inputs.caller", "torchstitch.plugins.builtin.inputs:CallerInputs"),
 )
+#: the engine's own default hook implementations (core/default_hooks.py): always registered
+CORE_PLUGINS: tuple[tuple[str, str], ...] = (("engine", "torchstitch.core.default_hooks"),)
+
+_CORE_NAMES = frozenset(name for name, _ in CORE_PLUGINS)
 
 AUTOLOAD_ENV = "TORCHSTITCH_DISABLE_PLUGIN_AUTOLOAD"
 DEBUG_ENV = "TORCHSTITCH_DEBUG"
@@ -78,6 +84,8 @@ def make_plugin_manager(
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    for name, target in CORE_PLUGINS:
+        pm.register(_load_builtin(target), name=name)
     for name in blocked:
         pm.set_blocked(name)
     for name, target in BUILTIN_PLUGINS:
@@ -146,6 +154,7 @@ class PluginSet:
         self.pm = pm
         self._subsets: dict[tuple[str, str], pluggy.HookCaller] = {}
         self._claimers = _plain_claimers(pm)
+        self._compiled_types: tuple[type, ...] | None = None
         #: strategy name -> Strategy
         self.strategies: dict[str, Strategy] = {}
         #: strategy name -> name of the plugin that provides it
@@ -219,6 +228,31 @@ class PluginSet:
             assert plugin is not None
             raise _raised(plugin, "torchstitch_claim", exc, path) from exc
         return results
+
+    def call_around(self, hook_name: str, **kwargs: Any) -> Any:
+        """:meth:`call` for a hook whose default implementation runs the engine's code
+        (``torchstitch_compile_run``, ``torchstitch_verification_run``): what that code
+        raises propagates unchanged; an exception of a wrapper is a PluginError."""
+        caller = getattr(self.pm.hook, hook_name)
+        try:
+            return caller(**kwargs)
+        except StitchError:
+            raise
+        except Exception as exc:
+            plugin = blame(caller, exc)
+            if plugin is None or plugin in _CORE_NAMES:
+                raise
+            raise _raised(plugin, hook_name, exc, _path_of(kwargs)) from exc
+
+    @property
+    def compiled_types(self) -> tuple[type, ...]:
+        """Every strategy's :attr:`~torchstitch.Strategy.compiled_types`: such a module in
+        the caller's model is already compiled (shared as is, its children not planned)."""
+        if self._compiled_types is None:
+            self._compiled_types = tuple(
+                {cls: None for s in self.strategies.values() for cls in s.compiled_types}
+            )
+        return self._compiled_types
 
     def answerers(self, hook_name: str, newest_first: bool = True) -> list[str]:
         """Names of the plugins implementing ``hook_name`` (wrappers aside), in call order."""

@@ -5,7 +5,7 @@ embed the plan it was compiled with.  The plan rides in the compiled object's
 ``__dict__`` (never on the caller's modules), tagged with a weak reference to that
 very object, so that:
 
-- ``torch.jit.save``/``torch.save`` of the compiled module work as before (the
+- TorchScript's ``save``/``torch.save`` of the compiled module work as before (the
   tag pickles to nothing, and TorchScript never serialises Python attributes);
 - a copy (``copy.deepcopy``), a re-scripted or a re-loaded module is a different
   object: its tag, if any, names another object, and it has no plan.

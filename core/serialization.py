@@ -1,7 +1,7 @@
 """Saving and loading artifacts, with the plan embedded as metadata.
 
 Artifact formats are plugins (hook ``torchstitch_artifact_formats``): the
-built-in ``torchscript`` format lives in ``strategies/torchscript_format.py``;
+built-in ``torchscript`` format lives in ``plugins/builtin/torchscript/format.py``;
 plugins add others (``export``, ``aoti``).  Every format stores two JSON
 documents beside the model: the plan and a small metadata record.
 """
@@ -299,7 +299,7 @@ def _read_plan(path: str, text: str | None) -> Plan | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(
             f"{path!r} holds a plan this torchstitch cannot read ({exception_summary(exc)}); "
-            "load the module with the format's own loader (torch.jit.load) to skip it"
+            "load the module with the format's own loader (TorchScript's load) to skip it"
         ) from exc
 
 

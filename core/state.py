@@ -17,8 +17,14 @@ log = logging.getLogger(__name__)
 Bindings = dict[str, "torch.Tensor | None"]
 
 
+def _compiled(module: torch.nn.Module) -> bool:
+    """A compiled module (TorchScript's) whose ``_buffers`` is a view of its own storage,
+    not the dict ``nn.Module`` keeps."""
+    return not isinstance(module._buffers, dict)
+
+
 def _bindings(module: torch.nn.Module) -> Bindings:
-    if isinstance(module, torch.jit.ScriptModule):
+    if _compiled(module):
         return dict(module.named_buffers(recurse=False))
     return dict(module._buffers)
 
@@ -28,7 +34,7 @@ def _rebind(module: torch.nn.Module, saved: Bindings) -> bool:
     current = _bindings(module)
     if current.keys() == saved.keys() and all(current[k] is v for k, v in saved.items()):
         return False
-    if isinstance(module, torch.jit.ScriptModule):
+    if _compiled(module):
         # a scripted forward can rebind a buffer (``self.ema = ...``), never add or drop one
         for name, tensor in saved.items():
             if current.get(name) is not tensor:

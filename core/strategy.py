@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Strategy", "CompileContext", "TracingInputs"]
 
-#: ``[{method_name: args_tuple}, ...]``, the format of ``torch.jit.trace_module``
+#: ``[{method_name: args_tuple}, ...]``, the format of TorchScript's ``trace_module``
 TracingInputs = list[dict[str, tuple[Any, ...]]]
 
 
@@ -63,6 +63,9 @@ class Strategy:
     replaces: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
     #: advice appended to the plan error listing nodes that cannot go to this strategy's family
     retarget_hint: str = ""
+    #: classes of the modules this strategy produces: one found in the caller's model is
+    #: already compiled, a leaf shared as is (TorchScript's ``ScriptModule`` for ``script``)
+    compiled_types: tuple[type, ...] = attrs.field(default=(), converter=tuple)
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
     #: verification tolerance of this strategy's nodes (``|Δ| <= atol + rtol * |eager|``), for a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -40,14 +41,19 @@ class Mismatch:
     max_abs_diff: float
 
 
-def compare(expected: Any, actual: Any, tolerance: Tolerance) -> tuple[float, Mismatch | None]:
+def compare(
+    expected: Any, actual: Any, tolerance: Tolerance, keeps_fields: Sequence[str] = ()
+) -> tuple[float, Mismatch | None]:
     """Largest absolute difference over all tensors, and the first mismatch (or ``None``).
+
+    :param keeps_fields: strategies to suggest when a NamedTuple came back as a plain
+        tuple (strategies that compile the source rather than record a run keep them).
 
     Containers must be of the same kind (a NamedTuple with the same fields, a
     tuple, a list, a dict with the same keys) and the same length; tensors of the
     same shape and dtype, equal within ``tolerance``.
     """
-    state = {"max": 0.0, "mismatch": None}
+    state = {"max": 0.0, "mismatch": None, "keeps_fields": tuple(keeps_fields)}
     _compare(expected, actual, tolerance, "output", state)
     return state["max"], state["mismatch"]
 
@@ -94,8 +100,9 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
     kind = _container_kind(expected)
     if kind != _container_kind(actual):
         lost = kind is not None and kind[0] == "namedtuple" and isinstance(actual, tuple)
+        keeps = " or ".join(map(repr, state["keeps_fields"])) or "with a strategy that compiles its source"
         hint = (
-            " (torch.jit.trace returns NamedTuples as plain tuples: claim the module 'script', "
+            f" (a trace returns NamedTuples as plain tuples: claim the module {keeps}, "
             "which keeps the fields, or return a plain tuple)"
             if lost
             else ""

@@ -34,12 +34,12 @@ import sys
 
 import torch
 
-from ...core import graph_modules
 from ...core.claims import Claim, ClaimKind
 from ...core.engine import make_shell
 from ...core.hookspecs import hookimpl
 from ...core.ir import Node
 from ...core.strategy import Strategy, TracingInputs
+from .. import graph_modules
 
 log = logging.getLogger(__name__)
 

@@ -39,11 +39,11 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-from ...core import graph_modules
 from ...core.engine import make_shell
 from ...core.hookspecs import hookimpl
 from ...core.ir import Node
 from ...core.strategy import CompileContext, Strategy
+from .. import graph_modules
 
 __all__ = ["STRATEGY", "compile_inductor"]
 

@@ -369,32 +369,6 @@ def test_verify_true_records_the_difference_when_correct():
     torch.testing.assert_close(result.module(x), model(x))
 
 
-def test_compiled_runs_are_verified_without_torchscripts_optimizer(monkeypatch):
-    """Verification runs the compiled graph as compiled: no profiling run on tracing inputs
-    (the caller's first calls profile real shapes), and the switch does not leak."""
-    from torchstitch.core import engine
-
-    seen = []
-
-    def spy(fn, args):
-        scripted = isinstance(fn, (torch.jit.ScriptModule, torch.ScriptMethod))
-        seen.append((scripted, torch._C._get_graph_executor_optimize()))
-        return real(fn, args)
-
-    real = engine.call_for_values
-    monkeypatch.setattr(engine, "call_for_values", spy)
-    model = Parent()
-    x = torch.randn(4, 3)
-    rules = [ts.Rule("script", path=""), ts.Rule("trace", path="child")]
-    result = ts.Engine(rules=rules).compile(model, example_inputs=(x,))
-    compiled_runs = [optimize for scripted, optimize in seen if scripted]
-    eager_runs = [optimize for scripted, optimize in seen if not scripted]
-    assert len(compiled_runs) == 2, seen  # the traced child on its inputs, the root on example_inputs
-    assert compiled_runs == [False, False] and all(eager_runs)
-    assert torch._C._get_graph_executor_optimize()
-    torch.testing.assert_close(result.module(x), model(x))
-
-
 # --------------------------------------------------------------------------
 # compiled pieces that raise when run: the node at fault and the real cause
 # --------------------------------------------------------------------------

@@ -424,7 +424,7 @@ def test_plugin_does_not_import_e3nn():
 
 def _prepare(module, scratch):
     from torchstitch.plugins import e3nn as plugin
-    from torchstitch.strategies.script import STRATEGY
+    from torchstitch.plugins.builtin.torchscript.script import STRATEGY
 
     return plugin.torchstitch_prepare(module=module, node=None, strategy=STRATEGY, scratch=scratch)
 
@@ -499,7 +499,7 @@ def test_torchscript_compiles_generated_code_as_written():
     from reference_models import GatePoints, NequIPStyle
 
     from torchstitch.plugins import e3nn as plugin
-    from torchstitch.strategies.script import scriptable_graph_module
+    from torchstitch.plugins.builtin.torchscript.script import scriptable_graph_module
 
     assert not plugin.REWRITE_FOR_TORCHSCRIPT
     checked = 0

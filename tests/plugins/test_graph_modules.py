@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from torchstitch.core import graph_modules
+from torchstitch.plugins import graph_modules
 
 
 def traced(out_features: int = 4, scale: float = 2.0) -> torch.fx.GraphModule:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.hookspecs import hookimpl
-from ..core.inputs import to_module
-from ..core.ir import Node
-from ..core.strategy import CompileContext, TracingInputs
+from ...core.hookspecs import hookimpl
+from ...core.inputs import to_module
+from ...core.ir import Node
+from ...core.strategy import CompileContext, TracingInputs
 
 #: e3nn's contract: ``module._make_tracing_inputs(n) -> list[dict[str, tuple]]``
 MAKE_TRACING_INPUTS = "_make_tracing_inputs"

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ._warn import warn
-from .errors import TorchScriptDeprecationWarning
+from ....core._warn import warn
+from ....core.errors import TorchScriptDeprecationWarning
 
 __all__ = ["report_torchscript_deprecations"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core.errors import UnsupportedModuleError
-from ..core.hookspecs import hookimpl
-from ..core.strategy import CompileContext, Strategy
+from ...core.errors import UnsupportedModuleError
+from ...core.hookspecs import hookimpl
+from ...core.strategy import CompileContext, Strategy
 
 
 def keep_in_python(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:

@@ -7,10 +7,10 @@ import warnings
 
 import torch
 
-from ..core import graph_modules
-from ..core.engine import make_shell
-from ..core.hookspecs import hookimpl
-from ..core.strategy import CompileContext, Strategy
+from ....core.engine import make_shell
+from ....core.hookspecs import hookimpl
+from ....core.strategy import CompileContext, Strategy
+from ... import graph_modules
 
 # torch warns about fx.GraphModule's instance-level annotations whenever one is
 # scripted; the metadata it means is irrelevant to the compiled module.  Matched
@@ -56,6 +56,7 @@ STRATEGY = Strategy(
     compile=compile_script,
     can_contain={"torchscript"},
     fallbacks=("trace",),
+    compiled_types=(torch.jit.ScriptModule,),
     description="torch.jit.script: keeps data-dependent control flow; needs scriptable code",
 )
 

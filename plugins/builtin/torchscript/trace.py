@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.hookspecs import hookimpl
-from ..core.strategy import CompileContext, Strategy
+from ....core.hookspecs import hookimpl
+from ....core.strategy import CompileContext, Strategy
 
 
 def compile_trace(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
@@ -49,6 +49,7 @@ STRATEGY = Strategy(
     verify=True,
     can_contain={"torchscript"},
     fallbacks=("script",),
+    compiled_types=(torch.jit.ScriptModule,),
     description="torch.jit.trace_module: records one run; data-dependent branches are frozen",
 )
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..core.deprecation import report_torchscript_deprecations
-from ..core.errors import ArtifactError, display_path
-from ..core.hookspecs import hookimpl
-from ..core.serialization import META_FILE, PLAN_FILE, ArtifactFormat
+from ....core.errors import ArtifactError, display_path
+from ....core.hookspecs import hookimpl
+from ....core.serialization import META_FILE, PLAN_FILE, ArtifactFormat
+from .deprecation import report_torchscript_deprecations
 
 
 def _accepts(module: Any) -> bool:
