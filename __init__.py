@@ -25,11 +25,7 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         get_compile_mode,
         set_compile_mode,
     )
-    from .core.engine import (
-        CompileOptions,
-        CompileResult,
-        Engine,
-    )
+    from .core.engine import Engine
     from .core.errors import (
         AmbiguousClaimError,
         ArtifactError,
@@ -58,11 +54,13 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         Divergence,
         locate,
     )
+    from .core.options import CompileOptions
     from .core.plugin_manager import (
         get_plugin_manager,
         make_plugin_manager,
     )
     from .core.provenance import plan_of
+    from .core.result import CompileResult
     from .core.serialization import (
         Artifact,
         ArtifactFormat,
@@ -93,8 +91,8 @@ _LAZY: dict[str, str] = {
     "compile_mode": ".core.claims",
     "get_compile_mode": ".core.claims",
     "set_compile_mode": ".core.claims",
-    "CompileOptions": ".core.engine",
-    "CompileResult": ".core.engine",
+    "CompileOptions": ".core.options",
+    "CompileResult": ".core.result",
     "Engine": ".core.engine",
     "AmbiguousClaimError": ".core.errors",
     "ArtifactError": ".core.errors",

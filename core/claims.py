@@ -92,6 +92,26 @@ class Claim:
 # --------------------------------------------------------------------------
 
 
+def is_known_compile_mode(mode: object) -> bool:
+    """Whether ``mode`` is ``None`` or names a strategy of the default plugin manager
+    (the built-in names are known without creating it)."""
+    if mode in BUILTIN_MODES:
+        return True
+    if not isinstance(mode, str):
+        return False
+    # A plugin's strategy: only now is the default plugin manager worth creating.
+    from .plugin_manager import default_strategy_names
+
+    return mode in default_strategy_names()
+
+
+def known_compile_modes() -> list[str]:
+    """Every strategy name ``@compile_mode`` accepts (besides ``None``), sorted."""
+    from .plugin_manager import default_strategy_names
+
+    return sorted(set(default_strategy_names()) | {m for m in BUILTIN_MODES if m})
+
+
 def _check_mode(mode: object) -> None:
     if mode in BUILTIN_MODES:
         return
@@ -100,18 +120,12 @@ def _check_mode(mode: object) -> None:
             f"compile mode must be a strategy name (str) or None, got {type(mode).__name__}: "
             f"{mode!r}; valid modes: {_valid_modes_text()}"
         )
-    # A plugin's strategy: only now is the default plugin manager worth creating.
-    from .plugin_manager import default_strategy_names
-
-    if mode not in default_strategy_names():
+    if not is_known_compile_mode(mode):
         raise ValueError(f"unknown compile mode {mode!r}; valid modes: {_valid_modes_text()}")
 
 
 def _valid_modes_text() -> str:
-    from .plugin_manager import default_strategy_names
-
-    names = sorted(set(default_strategy_names()) | {m for m in BUILTIN_MODES if m})
-    return ", ".join(repr(n) for n in names) + ", None"
+    return ", ".join(repr(n) for n in known_compile_modes()) + ", None"
 
 
 def compile_mode(mode: str | None) -> Callable[[type], type]:

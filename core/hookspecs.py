@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from .claims import Claim
-    from .engine import CompileOptions
     from .ir import Node, Plan
+    from .options import CompileOptions
     from .serialization import ArtifactFormat
     from .strategy import CompileContext, Strategy
 

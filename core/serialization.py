@@ -26,7 +26,7 @@ from .plugin_manager import PluginSet
 from .provenance import attach_plan, plan_of
 
 if TYPE_CHECKING:
-    from .engine import CompileResult
+    from .result import CompileResult
 
 __all__ = ["Artifact", "ArtifactFormat", "save", "load", "read_zip_member"]
 
@@ -138,7 +138,7 @@ def save(
         cannot be written (also an :class:`OSError`); nothing is left at ``path``
         then (a file already there stays as it was).
     """
-    from .engine import CompileResult
+    from .result import CompileResult
 
     if isinstance(compiled, CompileResult):
         plan = compiled.plan if plan is None else plan

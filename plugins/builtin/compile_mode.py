@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ...core.claims import Claim, decorator_claim
-from ...core.hookspecs import hookimpl
+from torchstitch import Claim, hookimpl
+from torchstitch.plugins.toolkit import decorator_claim
 
 
 @hookimpl

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ...core.hookspecs import hookimpl
-from ...core.inputs import to_module
-from ...core.ir import Node
-from ...core.strategy import CompileContext, TracingInputs
+from torchstitch import CompileContext, Node, hookimpl
+from torchstitch.plugins.toolkit import TracingInputs, to_module
 
 #: e3nn's contract: ``module._make_tracing_inputs(n) -> list[dict[str, tuple]]``
 MAKE_TRACING_INPUTS = "_make_tracing_inputs"

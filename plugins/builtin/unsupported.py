@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...core.errors import UnsupportedModuleError
-from ...core.hookspecs import hookimpl
-from ...core.strategy import CompileContext, Strategy
+from torchstitch import CompileContext, Strategy, UnsupportedModuleError, hookimpl
 
 
 def keep_in_python(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:

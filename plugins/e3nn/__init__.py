@@ -34,12 +34,8 @@ import sys
 
 import torch
 
-from ...core.claims import Claim, ClaimKind
-from ...core.engine import make_shell
-from ...core.hookspecs import hookimpl
-from ...core.ir import Node
-from ...core.strategy import Strategy, TracingInputs
-from .. import graph_modules
+from torchstitch import Claim, ClaimKind, Node, Strategy, hookimpl
+from torchstitch.plugins.toolkit import TracingInputs, class_key, make_shell
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +108,7 @@ def torchstitch_prepare(
         or not isinstance(module, torch.fx.GraphModule)
     ):
         return None
-    key = ("e3nn", "jitable", graph_modules.class_key(module))
+    key = ("e3nn", "jitable", class_key(module))
     if key not in scratch:
         scratch[key] = _jitable(module)
         # the memo keeps the template; strategies get shells they may change

@@ -36,18 +36,22 @@ from collections.abc import Iterator
 
 import torch
 
-from ...core.api import compile as _ts_compile
-from ...core.claims import BUILTIN_MODES, decorator_claim
-from ...core.claims import compile_mode as _ts_compile_mode
-from ...core.claims import get_compile_mode as _ts_get_compile_mode
-from ...core.errors import TorchstitchWarning, TracingInputsError, UnsupportedModuleError
-from ...core.inputs import cast_tensors, check_tracing_inputs
-from ...core.ir import Node
-from ...core.plugin_manager import PluginSet, default_strategy_names
-from ...core.strategy import CompileContext, TracingInputs
-from ..builtin.torchscript.api import script as _ts_script
-from ..builtin.torchscript.api import trace as _ts_trace
-from ..builtin.torchscript.api import trace_module as _ts_trace_module
+from torchstitch import TorchstitchWarning, TracingInputsError, UnsupportedModuleError
+from torchstitch import compile as _ts_compile
+from torchstitch import compile_mode as _ts_compile_mode
+from torchstitch import get_compile_mode as _ts_get_compile_mode
+from torchstitch import script as _ts_script
+from torchstitch import trace as _ts_trace
+from torchstitch import trace_module as _ts_trace_module
+from torchstitch.plugins.toolkit import (
+    TracingInputs,
+    cast_tensors,
+    decorator_claim,
+    is_known_compile_mode,
+    known_compile_modes,
+    resolve_tracing_inputs,
+)
+
 from . import _UNSET, E3NN_MODE_ATTR
 
 try:
@@ -94,8 +98,8 @@ def compile_mode(mode: str | None):
         valid ones).
     :raises TypeError: when the decorated object is not an ``nn.Module`` subclass.
     """
-    if mode not in BUILTIN_MODES and (not isinstance(mode, str) or mode not in default_strategy_names()):
-        valid = sorted({m for m in BUILTIN_MODES if m} | set(default_strategy_names()))
+    if not is_known_compile_mode(mode):
+        valid = known_compile_modes()
         raise ValueError(f"Invalid compile mode {mode!r}; valid modes: {', '.join(map(repr, valid))}, None")
     return _ts_compile_mode(mode)
 
@@ -271,23 +275,15 @@ def get_tracing_inputs(
     :raises torchstitch.TracingInputsError: when ``_make_tracing_inputs``
         returns something malformed.
     """
-    node = Node(path="", type_name=f"{type(mod).__module__}.{type(mod).__qualname__}")
-    plugin_set = PluginSet.from_plugins(None)
-    asked, provider, inputs = plugin_set.call_first(
-        "torchstitch_tracing_inputs",
-        module=mod,
-        node=node,
-        n=n,
-        context=CompileContext(node=node, n_trace_checks=n),
-    )
-    if provider is None:
+    found = resolve_tracing_inputs(mod, n)
+    if found.source is None:
         raise TracingInputsInferenceError(
             f"cannot make tracing inputs for {type(mod).__name__} (asked, in order: "
-            f"{', '.join(asked)}): define _make_tracing_inputs(n) on it, give it "
+            f"{', '.join(found.asked)}): define _make_tracing_inputs(n) on it, give it "
             "irreps_in (e3nn Irreps), or pass the inputs explicitly",
             path="",
         )
-    inputs = check_tracing_inputs(mod, inputs, path="", provider=provider)
+    inputs = found.inputs
     if device is None:
         device = _module_device(mod)
     if dtype is None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from ...core.hookspecs import hookimpl
-from ...core.serialization import ArtifactFormat
-from ...core.strategy import Strategy
+from torchstitch import ArtifactFormat, Strategy, hookimpl
+
 from .formats import AOTI_FORMAT, EXPORT_FORMAT, custom_ops, package_metadata
 from .module import AOTIModule, ExportedModule
 from .strategy import STRATEGY, compile_export, dynamic_shapes_for
@@ -40,7 +39,7 @@ def whole_model_rules() -> list:
     they are traced as part of the root; a data-dependent branch among them then fails
     the export with a NodeCompileError at the root.
     """
-    from ...core.claims import Rule
+    from torchstitch import Rule
 
     return [Rule("export", path=""), Rule(None, path="**")]
 

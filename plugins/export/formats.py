@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from ...core.errors import ArtifactError
-from ...core.serialization import META_FILE, PLAN_FILE, ArtifactFormat
+from torchstitch import ArtifactError, ArtifactFormat
+from torchstitch.plugins.toolkit import META_FILE, PLAN_FILE
+
 from .module import AOTIModule, ExportedModule
 
 __all__ = ["EXPORT_FORMAT", "AOTI_FORMAT", "custom_ops", "package_metadata"]

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ...core.engine import make_shell
-from ...core.errors import NodeCompileError, PlanError, display_path, first_line
-from ...core.strategy import CompileContext, Strategy
+from torchstitch import CompileContext, NodeCompileError, PlanError, Strategy
+from torchstitch.plugins.toolkit import display_path, first_line, make_shell
+
 from .module import ExportedModule
 
 __all__ = ["STRATEGY", "compile_export", "dynamic_shapes_for"]

@@ -39,11 +39,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-from ...core.engine import make_shell
-from ...core.hookspecs import hookimpl
-from ...core.ir import Node
-from ...core.strategy import CompileContext, Strategy
-from .. import graph_modules
+from torchstitch import CompileContext, Node, Strategy, hookimpl
+from torchstitch.plugins.toolkit import make_shell, shared_class
 
 __all__ = ["STRATEGY", "compile_inductor"]
 
@@ -127,7 +124,7 @@ def _share_graph_module_classes(module: torch.nn.Module, scratch: dict) -> None:
     """
     for sub in module.modules():
         if isinstance(sub, torch.fx.GraphModule):
-            sub.__class__ = graph_modules.shared_class(sub, scratch)
+            sub.__class__ = shared_class(sub, scratch)
 
 
 def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:

@@ -33,3 +33,44 @@ def test_the_torchscript_plugin_does_mention_it():
 def test_builtin_plugins_live_under_plugins_builtin():
     for name, target in BUILTIN_PLUGINS:
         assert target.startswith("torchstitch.plugins.builtin."), name
+
+
+def _private_imports(folder: Path) -> list[str]:
+    """Lines of ``folder``'s modules importing torchstitch.core (absolutely or relatively)."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = line.strip()
+            if text.startswith(("from ", "import ")) and (
+                "torchstitch.core" in text or text.startswith("from .") and ".core" in text.split()[1]
+            ):
+                found.append(f"{path.name}:{number}: {text}")
+    return found
+
+
+def test_plugins_import_only_the_public_api():
+    # built-ins, the e3nn/export/inductor plugins: `from torchstitch import ...` and the documented
+    # plugin modules (torchstitch.plugins.toolkit, torchstitch.plugins.graph_modules), like a third party
+    public_modules = {"toolkit.py"}
+    offenders = [
+        line for line in _private_imports(PACKAGE / "plugins") if line.split(":")[0] not in public_modules
+    ]
+    assert offenders == []
+
+
+def test_the_example_plugin_imports_only_the_public_api():
+    example = PACKAGE / "examples" / "torchstitch-example-plugin"
+    if not example.is_dir():  # an installed package has no examples: nothing to check there
+        return
+    assert _private_imports(example) == []
+
+
+def test_private_imports_are_found(tmp_path):
+    # the two checks above can fail: relative and absolute imports of the core are both seen
+    (tmp_path / "plugin.py").write_text(
+        "from ...core.engine import make_shell\nimport torchstitch.core.ir\nfrom torchstitch import Node\n"
+    )
+    assert [line.split(": ")[1] for line in _private_imports(tmp_path)] == [
+        "from ...core.engine import make_shell",
+        "import torchstitch.core.ir",
+    ]

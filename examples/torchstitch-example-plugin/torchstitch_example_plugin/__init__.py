@@ -14,6 +14,7 @@ import logging
 import torch
 
 import torchstitch as ts
+from torchstitch.plugins.toolkit import TracingInputs
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ SCRIPT_OPTIMIZED = ts.Strategy(
     compile=compile_script_optimized,
     can_contain={"torchscript"},
     fallbacks=("script",),
+    # a ScriptModule in the caller's model is already compiled, as for the built-in 'script'
+    compiled_types=(torch.jit.ScriptModule,),
     description="torch.jit.script, then optimize_for_inference for a root in eval mode (example plugin)",
 )
 
@@ -61,7 +64,7 @@ def torchstitch_claim(module: torch.nn.Module) -> ts.Claim | None:
 
 
 @ts.hookimpl(trylast=True)
-def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> list[dict[str, tuple]] | None:
+def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs | None:
     """Random inputs of the shape the class declares; asked only after the built-in providers."""
     shape = getattr(type(module), SHAPE_ATTR, None)
     if shape is None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 
-from ....core.claims import Claim, ClaimKind
-from ....core.engine import Engine
-from ....core.inputs import as_example_args
+from torchstitch import Claim, ClaimKind, Engine
+from torchstitch.plugins.toolkit import as_example_args
 
 __all__ = ["script", "trace", "trace_module"]
 

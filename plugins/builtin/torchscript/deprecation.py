@@ -24,8 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ....core._warn import warn
-from ....core.errors import TorchScriptDeprecationWarning
+from torchstitch import TorchScriptDeprecationWarning
+from torchstitch.plugins.toolkit import warn
 
 __all__ = ["report_torchscript_deprecations"]
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import torch
 
-from ....core.errors import NodeCompileError, PlanError, exception_summary
-from ....core.hookspecs import hookimpl
-from ....core.ir import Plan
-from ....core.strategy import Strategy
+from torchstitch import NodeCompileError, Plan, PlanError, Strategy, hookimpl
+from torchstitch.plugins.toolkit import exception_summary
+
 from .deprecation import report_torchscript_deprecations
 
 log = logging.getLogger(__name__)

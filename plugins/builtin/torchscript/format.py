@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ....core.errors import ArtifactError, display_path
-from ....core.hookspecs import hookimpl
-from ....core.serialization import META_FILE, PLAN_FILE, ArtifactFormat
+from torchstitch import ArtifactError, ArtifactFormat, hookimpl
+from torchstitch.plugins.toolkit import META_FILE, PLAN_FILE, display_path
+
 from .deprecation import report_torchscript_deprecations
 
 

@@ -7,10 +7,8 @@ import warnings
 
 import torch
 
-from ....core.engine import make_shell
-from ....core.hookspecs import hookimpl
-from ....core.strategy import CompileContext, Strategy
-from ... import graph_modules
+from torchstitch import CompileContext, Strategy, hookimpl
+from torchstitch.plugins.toolkit import make_shell, shared_class
 
 # torch warns about fx.GraphModule's instance-level annotations whenever one is
 # scripted; the metadata it means is irrelevant to the compiled module.  Matched
@@ -26,7 +24,7 @@ def scriptable_graph_module(module: torch.fx.GraphModule, scratch: dict) -> torc
     """A private shell of ``module`` that TorchScript compiles once per distinct code.
 
     - Its class is shared with every interchangeable ``GraphModule`` of the compile
-      call (:mod:`torchstitch.core.graph_modules`), so TorchScript's type cache
+      call (:mod:`torchstitch.plugins.graph_modules`), so TorchScript's type cache
       compiles each distinct ``forward`` once, and parents holding identical
       children once too.
     - It tells TorchScript to ignore the ``fx.Graph`` attribute, which forward never
@@ -35,7 +33,7 @@ def scriptable_graph_module(module: torch.fx.GraphModule, scratch: dict) -> torc
       methods (about 40% of scripting e3nn's generated code).
     """
     shell = make_shell(module)
-    shell.__class__ = graph_modules.shared_class(module, scratch)
+    shell.__class__ = shared_class(module, scratch)
     ignored = list(getattr(module, "__jit_ignored_attributes__", ()))
     shell.__dict__["__jit_ignored_attributes__"] = [*ignored, "_graph"]
     return shell

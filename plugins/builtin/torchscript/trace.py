@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ....core.hookspecs import hookimpl
-from ....core.strategy import CompileContext, Strategy
+from torchstitch import CompileContext, Strategy, hookimpl
 
 
 def compile_trace(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import torchstitch as ts
-from torchstitch.core import default_hooks, engine
+from torchstitch.core import default_hooks, verification
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
@@ -48,8 +48,8 @@ def test_compiled_runs_are_verified_without_torchscripts_optimizer(monkeypatch):
 
         return run
 
-    # the engine runs eager modules itself, compiled ones through torchstitch_verification_run
-    monkeypatch.setattr(engine, "call_for_values", spy(engine.call_for_values))
+    # verification runs eager modules itself, compiled ones through torchstitch_verification_run
+    monkeypatch.setattr(verification, "call_for_values", spy(verification.call_for_values))
     monkeypatch.setattr(default_hooks, "call_for_values", spy(default_hooks.call_for_values))
     model = Parent()
     x = torch.randn(4, 3)
