@@ -750,7 +750,19 @@ this run's numbers.
 - Latency rows compare the same TorchScript programs (torchstitch makes e3nn's script and
   trace calls), so their ratios scatter around 1.00.  On this shared 2-core machine a single
   row can land a few percent off: the 2-thread rows of large have the fewest calls per
-  round."""
+  round.
+- Architecture step (issue 13: pluggy calls the hooks, TorchScript moved into its plugin,
+  the engine split into rooms), measured side by side with the commit before it, alternating
+  processes, 3 rounds each (median): compile time and its part outside torch.jit unchanged
+  within this machine's noise (medium: 0.58/0.68 s before, 0.57/0.60 s after; large with
+  example_inputs 1.51/1.60 s before, 1.49/1.53 s after; outside torch.jit, medium 43/52 ms
+  before, 42/48 ms after).  `plan()` of the six-level tree of mixed decorated and
+  undecorated leaves: 5.0-5.2x the bare walk before, 4.8-5.3x after (62 ms either way).
+  Called through pluggy (`pm.hook.torchstitch_claim(...)`) the claim hook made that 6.9x
+  (112 ms against 93 ms before, same tree): pluggy's call costs about 2 us per module, more
+  than the claims themselves.  So `PluginSet.claims` (core/plugin_manager.py) is the one hook
+  torchstitch calls itself, and only while no wrapper is registered on it and
+  `TORCHSTITCH_DEBUG` is off; then pluggy calls it."""
 
 
 def _calls(calls: dict) -> str:

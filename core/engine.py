@@ -288,7 +288,7 @@ class _Run:
             self.verifier.stateful = self.state.changed()
             self.state.restore()
         try:
-            result = self.stitcher.build(self.plan.root)
+            result = self.stitcher.build()
         finally:
             self.progress.close()
         result = self.plugins.chain(

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import attrs
 
 from .claims import Claim, ClaimKind
 from .errors import display_path
+
+#: what :meth:`Plan.fold` computes for each node
+R = TypeVar("R")
 
 __all__ = ["Attempt", "Node", "Outcome", "Plan"]
 
@@ -215,6 +218,28 @@ class Plan:
     def post_order(self) -> Iterator[Node]:
         """Every node, children before parents: the order of compilation."""
         return _postorder(self.root)
+
+    def fold(self, leave: Callable[[Node, dict[str, R]], R]) -> R:
+        """Post-order over the plan, each module once: the one traversal that stitching uses.
+
+        ``leave(node, children)`` is called children first, with the results of
+        ``node``'s children by name, and returns ``node``'s result.  A node that is
+        the same module as an earlier one (``shared_with``) is not left again: its
+        result is that node's (which the walk has already left, the earlier path
+        being neither an ancestor nor later in module order).
+
+        :returns: the root's result.
+        """
+        results: dict[str, R] = {}
+
+        def visit(node: Node) -> R:
+            if node.shared_with is not None:
+                return results[node.shared_with]
+            result = leave(node, {child.name: visit(child) for child in node.children})
+            results[node.path] = result
+            return result
+
+        return visit(self.root)
 
     def map_nodes(self, update: Mapping[str, Node]) -> Plan:
         """A new plan with the nodes at the given paths replaced (children kept from ``update``)."""

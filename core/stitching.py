@@ -43,34 +43,27 @@ class Stitcher:
         self.state = state
         self.compiled_types = compiled_types
         self.compile_node = compile_node
-        #: id(user module) -> its result (compiled module, shell, or the caller's own compiled module)
-        self.results: dict[int, torch.nn.Module] = {}
         #: id(user module) -> (user module, shell)
         self.shells: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
 
-    def build(self, node: Node) -> torch.nn.Module:
-        """The stitched result of ``node``: its shell with every child built into it, compiled
-        by ``compile_node`` if it is claimed (each module once, for its first path)."""
-        if node.shared_with is not None:
-            node = self.plan[node.shared_with]
+    def build(self) -> torch.nn.Module:
+        """The stitched model: every module's result, children first (:meth:`Plan.fold`)."""
+        return self.plan.fold(self._leave)
+
+    def _leave(self, node: Node, children: dict[str, torch.nn.Module]) -> torch.nn.Module:
+        """``node``'s result: its shell holding its children's results, compiled by
+        ``compile_node`` if it is claimed."""
         module = self.modules[node.path]
-        key = id(module)
-        if key in self.results:
-            return self.results[key]
         if isinstance(module, self.compiled_types):
             # the caller's own compiled module (a TorchScript one) cannot be shelled: shared as is
-            self.results[key] = module
             return module
         # every Python module gets a shell, compiled or not: the compiled model must not
         # share anything with the caller's but tensors (``compiled.eval()``, hooks)
         shell = make_shell(module)
-        self.shells[key] = (module, shell)
+        self.shells[id(module)] = (module, shell)
         self.state.add_shell(module, shell)
-        for child in node.children:
-            shell._modules[child.name] = self.build(child)
-        result = shell if node.claim is None else self.compile_node(node, shell)
-        self.results[key] = result
-        return result
+        shell._modules.update(children)
+        return shell if node.claim is None else self.compile_node(node, shell)
 
     def commit(self) -> None:
         """Copy compiled children into the caller's modules (``in_place=True``)."""

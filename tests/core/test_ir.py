@@ -371,3 +371,32 @@ class TestMapNodes:
         assert new["head"] is plan["head"]
         assert [n.path for n in new.walk()] == PREORDER
         assert new != plan
+
+
+class TestFold:
+    """Plan.fold: the one post-order traversal, each module once."""
+
+    def test_children_first_in_module_order(self):
+        plan = ts.plan(torch.nn.Sequential(Block(), torch.nn.ReLU()))
+        left = []
+
+        def leave(node, children):
+            left.append(node.path)
+            return (node.path, sorted(children))
+
+        assert plan.fold(leave) == ("", ["0", "1"])
+        assert left == ["0.lin", "0.act", "0", "1", ""]
+
+    def test_a_shared_module_is_left_once_and_its_result_reused(self):
+        shared = Block()
+        plan = ts.plan(torch.nn.Sequential(shared, torch.nn.ReLU(), shared))
+        assert plan["2"].shared_with == "0"
+        left = []
+
+        def leave(node, children):
+            left.append(node.path)
+            return children
+
+        result = plan.fold(leave)
+        assert left == ["0.lin", "0.act", "0", "1", ""]  # "2" and its children: not again
+        assert result["2"] is result["0"]
