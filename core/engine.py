@@ -1,8 +1,12 @@
-"""The engine: plan, record inputs, compile bottom-up into shells, verify, commit.
+"""The engine: orchestrates one compile call; each job has its own room.
 
-This is the only code that sets submodules, and it does so only on its own
-shells until the whole tree has compiled; ``in_place=True`` then copies the
-compiled children into the caller's modules in one pass that cannot fail.
+Planning (``planner``), the options (``options``), tracing inputs
+(``tracing_inputs``), stitching (``stitching``: the only code that sets submodules,
+on its own shells until the whole tree has compiled; ``in_place=True`` then copies
+the compiled children into the caller's modules in one pass that cannot fail),
+verification (``verification``), reporting (``reporting``) and the result
+(``result``).  What is left here is the order of things and one node's compile:
+its strategy, its fallbacks, the guard around the plugins that touch it.
 """
 
 from __future__ import annotations
@@ -16,15 +20,13 @@ from typing import Any
 import attrs
 import torch
 
-from . import tracing_inputs
-from ._warn import warn
+from . import reporting, tracing_inputs
 from .claims import Claim, ClaimKind, Rule
 from .errors import (
     NodeCompileError,
     PlanError,
     PluginError,
     StitchError,
-    TorchstitchWarning,
     TracingInputsError,
     VerificationError,
     display_path,
@@ -147,9 +149,9 @@ class Engine:
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
             attach_plan(compiled, plan)
-        run.warn_fallbacks()
-        _warn_if_nothing_compiles(plan, plugin_set)
-        run.warn_training_mode()
+        reporting.warn_fallbacks(run.outcomes)
+        reporting.warn_if_nothing_compiles(plan, plugin_set)
+        reporting.warn_training_mode(run.fixed_in_training, plugin_set.strategies)
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
     def _plan(
@@ -167,27 +169,6 @@ class Engine:
             target=self.options.target,
         )
         return planner.build(module)
-
-
-def _warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
-    """``ts.compile`` reads like ``torch.compile``, but compiles only what is claimed: say so
-    when nothing is, rather than hand back the model in Python without a word."""
-    if any(
-        node.claim is not None and plugin_set.strategies[node.claim.strategy].compiles for node in plan.walk()
-    ):
-        return
-    root = plan.root.type_name.rpartition(".")[2]
-    # in registration order: the built-ins first
-    compiling = [name for name, s in plugin_set.strategies.items() if s.compiles]
-    example = next((n for n in compiling if not plugin_set.strategies[n].needs_inputs), "NAME")
-    warn(
-        f"no module of {root} is claimed by a compiling strategy, so nothing was compiled and "
-        "the model runs in Python (torchstitch compiles what @ts.compile_mode, rules= or a "
-        "plugin claims). Claim the root: ts.script(model, ...), ts.trace(model, example_inputs), "
-        f"or ts.compile(model, root_strategy={example!r}) (or rules=[ts.Rule({example!r}, path='')]); "
-        f"compiling strategies: {', '.join(map(repr, compiling)) or '(none)'}",
-        TorchstitchWarning,
-    )
 
 
 def _check_plan(plugin_set: PluginSet, plan: Plan, module: torch.nn.Module, options: CompileOptions) -> None:
@@ -563,47 +544,3 @@ class _Run:
             path: attrs.evolve(self.plan[path], outcome=outcome) for path, outcome in self.outcomes.items()
         }
         return self.plan.map_nodes(update) if update else self.plan
-
-    def warn_training_mode(self) -> None:
-        if not self.fixed_in_training:
-            return
-        nodes = "; ".join(
-            f"{display_path(path)} ({strategy}: {', '.join(display_path(p) for p in dependent)})"
-            for path, (strategy, dependent) in self.fixed_in_training.items()
-        )
-        # strategies that compile without a recorded run follow the flag at run time
-        followers = sorted(
-            {
-                name
-                for strategy, _ in self.fixed_in_training.values()
-                for name in self.plugins.strategies[strategy].fallbacks
-                if name in self.plugins.strategies and not self.plugins.strategies[name].needs_inputs
-            }
-        )
-        warn(
-            f"{len(self.fixed_in_training)} node(s) compiled in training mode hold modules whose "
-            f"computation depends on it (batch statistics, dropout): {nodes}. Their compiled form "
-            "keeps training behaviour after .eval(); call model.eval() before compiling for "
-            "inference"
-            + (
-                f", or claim them {' or '.join(map(repr, followers))}, which follow .train()/.eval()"
-                if followers
-                else ""
-            ),
-            TorchstitchWarning,
-        )
-
-    def warn_fallbacks(self) -> None:
-        fell = [
-            f"{display_path(p)} ({' -> '.join(a.strategy for a in o.attempts)}"
-            + (", left to its parent" if all(a.error_type for a in o.attempts) else "")
-            + ")"
-            for p, o in self.outcomes.items()
-            if any(a.error_type for a in o.attempts)
-        ]
-        if fell:
-            warn(
-                f"{len(fell)} node(s) fell back after their strategy failed: {'; '.join(fell)}. "
-                "See CompileResult.fallbacks or the plan for the errors.",
-                TorchstitchWarning,
-            )
