@@ -1,5 +1,7 @@
 """ts.save / ts.load: the artifact runs like the compiled model and carries its plan."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -91,6 +93,11 @@ def without_outcomes(data):
     return data
 
 
+def plugins_for(how):
+    """The plugins a call needs beyond the built-ins (core tests load no entry points)."""
+    return [importlib.import_module("torchstitch.plugins.export")] if how == "export" else []
+
+
 def compile_functionally(how, model, x):
     """The compiled module, and what ``ts.plan`` previews for the same call (if it can)."""
     if how == "script":
@@ -98,7 +105,11 @@ def compile_functionally(how, model, x):
     if how == "trace":
         return ts.trace(model, (x,)), None
     rules = [ts.Rule("script" if how == "compile" else "export", path="")]
-    return ts.compile(model, example_inputs=(x,), rules=rules), ts.plan(model, rules=rules)
+    plugins = plugins_for(how)
+    return (
+        ts.compile(model, example_inputs=(x,), rules=rules, plugins=plugins),
+        ts.plan(model, rules=rules, plugins=plugins),
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,16 +128,17 @@ def test_the_plan_travels_with_a_functionally_compiled_module(tmp_path, how, fmt
         assert without_outcomes(plan.to_dict()["root"]) == without_outcomes(preview.to_dict()["root"])
 
     path = tmp_path / "m.pt2"
-    ts.save(compiled, path)
-    artifact = ts.load(path)
+    plugins = plugins_for(how)
+    ts.save(compiled, path, plugins=plugins)
+    artifact = ts.load(path, plugins=plugins)
     assert artifact.format == fmt
     assert artifact.metadata["plan"] == "embedded"
     assert artifact.plan is not None
     assert artifact.plan.to_json() == plan.to_json()
     torch.testing.assert_close(artifact(x), model(x))
     # the loaded module carries the plan too: saving it again keeps it
-    ts.save(artifact.module, tmp_path / "again.pt2")
-    assert ts.load(tmp_path / "again.pt2").plan == plan
+    ts.save(artifact.module, tmp_path / "again.pt2", plugins=plugins)
+    assert ts.load(tmp_path / "again.pt2", plugins=plugins).plan == plan
 
 
 def test_the_caller_model_carries_no_plan():
