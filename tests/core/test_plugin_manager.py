@@ -84,11 +84,6 @@ class TestBuiltins:
         known = str(info.value).split("known strategies: ", 1)[1]
         assert "'script'" in known and "'unsupported'" in known and "'trace'" not in known
 
-    def test_blocking_compile_mode_ignores_decorators(self):
-        plan = ts.plan(Model(Leaf(), TracedLeaf()), plugins=["no:compile_mode"])
-        assert plan["layers.1"].claim is None
-        assert ts.plan(Model(Leaf(), TracedLeaf()))["layers.1"].strategy == "trace"
-
 
 # --------------------------------------------------------------------------
 # a third-party strategy
