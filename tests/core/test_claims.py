@@ -460,9 +460,9 @@ class TestPrecedence:
     def _decorator_strategy_known(self, monkeypatch):
         # set_compile_mode checks plugin strategy names against the default manager;
         # make "s_decorator" known there without touching the default manager
-        from torchstitch.core import claims
+        from torchstitch.core import modes
 
-        monkeypatch.setattr(claims, "BUILTIN_MODES", (*claims.BUILTIN_MODES, "s_decorator"))
+        monkeypatch.setattr(modes, "BUILTIN_MODES", (*modes.BUILTIN_MODES, "s_decorator"))
 
     @pytest.mark.parametrize(
         "override, decorator, attribute, rule, expected",
