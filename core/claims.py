@@ -162,7 +162,13 @@ class Rule:
     type: type | tuple[type, ...] | None = attrs.field(default=None, kw_only=True)
     path: str | None = attrs.field(default=None, kw_only=True)
     where: Callable[[torch.nn.Module, str], Any] | None = attrs.field(default=None, kw_only=True, eq=False)
-    _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False)
+    #: ``path`` compiled (derived: not compared, not shown)
+    _regex: re.Pattern[str] | None = attrs.field(init=False, eq=False, repr=False)
+
+    @_regex.default
+    def _compile_path(self) -> re.Pattern[str] | None:
+        # defaults are made before validators run: a path that is no string is _check_path's
+        return _compile_glob(self.path) if isinstance(self.path, str) else None
 
     @type.validator
     def _check_type(self, _attr, value):
@@ -185,8 +191,6 @@ class Rule:
     def __attrs_post_init__(self) -> None:
         if self.type is None and self.path is None and self.where is None:
             raise PlanError(f"Rule({self.strategy!r}) has no condition: give type=, path= or where=")
-        regex = None if self.path is None else _compile_glob(self.path)
-        object.__setattr__(self, "_regex", regex)
 
     def matches(self, module: torch.nn.Module, path: str) -> bool:
         """Whether the rule applies to ``module`` at ``path``."""

@@ -176,7 +176,7 @@ class Node:
         return text
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen
 class Plan:
     """The compilation plan of a module tree: read-only, deterministic, queryable.
 
@@ -186,16 +186,12 @@ class Plan:
 
     #: the root node
     root: Node
-    _index: dict[str, Node] = attrs.field(init=False, repr=False)
+    #: path -> node, parents first (derived from ``root``: not compared, not shown)
+    _index: dict[str, Node] = attrs.field(init=False, eq=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_index", {n.path: n for n in _preorder(self.root)})
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and other.root == self.root
-
-    def __hash__(self) -> int:
-        return hash(self.root)
+    @_index.default
+    def _index_by_path(self) -> dict[str, Node]:
+        return {n.path: n for n in _preorder(self.root)}
 
     def __getitem__(self, path: str) -> Node:
         try:

@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from .errors import PlanError, StitchError
+from .verify import tolerance_validator
 
 if TYPE_CHECKING:
     from .ir import Node
@@ -22,13 +23,6 @@ TracingInputs = list[dict[str, tuple[Any, ...]]]
 
 def _frozen_names(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
-
-
-def _check_tolerance(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"Strategy.{attribute.name} must be a number >= 0 or None, got {value!r}")
 
 
 @attrs.frozen
@@ -69,8 +63,8 @@ class Strategy:
     #: verification tolerance of this strategy's nodes (``|Δ| <= atol + rtol * |eager|``), for a
     #: strategy whose output cannot match eager to float32 precision (one computing in bfloat16);
     #: ``None``: by dtype.  The caller's ``atol=``/``rtol=`` win over these.
-    atol: float | None = attrs.field(default=None, validator=_check_tolerance)
-    rtol: float | None = attrs.field(default=None, validator=_check_tolerance)
+    atol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
+    rtol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
 
     def can_hold(self, child: Strategy) -> bool:
         """Whether a ``child`` node claimed by another strategy may sit inside this one's region."""
