@@ -64,6 +64,10 @@ def compare(expected: Any, actual: Any, tolerance: Tolerance) -> tuple[float, Mi
     Containers must be of the same kind (a NamedTuple with the same fields, a
     tuple, a list, a dict with the same keys) and the same length; tensors of the
     same shape and dtype, equal within ``tolerance``.
+
+    The two outputs are walked side by side rather than flattened as pytrees: their
+    containers differ by design (TorchScript rebuilds NamedTuples and dicts, see
+    :func:`_container_kind`), and a mismatch of structure must say where it is.
     """
     state = {"max": 0.0, "mismatch": None}
     _compare(expected, actual, tolerance, "output", state)
