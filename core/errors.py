@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copyreg
 from typing import Any
 
 __all__ = [
@@ -105,13 +104,18 @@ class StitchError(Exception):
         # Keep every error picklable (multiprocessing, pytest-xdist) with all its fields,
         # whatever the subclass adds: rebuild without __init__ (whose keywords differ by
         # class), then restore the formatted args and the instance's attributes.
-        return copyreg.__newobj__, (type(self),), self._pickled_state()
+        return _new_error, (type(self),), self._pickled_state()
 
     def _pickled_state(self) -> dict[str, Any]:
         state = {"args": self.args, **self.__dict__}
         if isinstance(self, OSError):  # OSError keeps its file fields outside __dict__
             state.update(errno=self.errno, strerror=self.strerror, filename=self.filename)
         return state
+
+
+def _new_error(cls: type[StitchError]) -> StitchError:
+    """An instance of ``cls`` whose ``__init__`` has not run, for unpickling."""
+    return cls.__new__(cls)
 
 
 class PlanError(StitchError, ValueError):
