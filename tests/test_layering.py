@@ -14,9 +14,9 @@ imports what it needs from the module that defines it, never from the facade.  M
 for users of the facade (``cli``, ``demo``, ``testing``) sit above it.
 
 Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first; those implicit edges
-are not counted, which is sound because the top-level ``__init__`` imports nothing of
-the package at run time and every other package ``__init__`` imports only its own
-submodules.
+are not counted.  That is sound because the top-level ``__init__`` imports nothing of the
+package at run time, and a package ``__init__`` that imports its own submodules (a plugin
+package) is never imported back by them without this test seeing the cycle.
 
 ``python tests/test_layering.py`` prints the layers: a module's layer is one more than
 the highest layer of what it imports (0: it imports nothing of the package).  Run the
