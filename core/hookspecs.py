@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 
     from .claims import Claim
     from .ir import Node
-    from .serialization import ArtifactFormat
-    from .strategy import CompileContext, Strategy
+    from .strategy import ArtifactFormat, CompileContext, Strategy
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 

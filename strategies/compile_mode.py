@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..core.claims import Claim, decorator_claim
+from ..core.claims import Claim
 from ..core.hookspecs import hookimpl
+from ..core.modes import decorator_claim
 
 
 @hookimpl

@@ -40,12 +40,12 @@ from ...core.api import compile as _ts_compile
 from ...core.api import script as _ts_script
 from ...core.api import trace as _ts_trace
 from ...core.api import trace_module as _ts_trace_module
-from ...core.claims import BUILTIN_MODES, decorator_claim
-from ...core.claims import compile_mode as _ts_compile_mode
-from ...core.claims import get_compile_mode as _ts_get_compile_mode
 from ...core.errors import TorchstitchWarning, TracingInputsError, UnsupportedModuleError
 from ...core.inputs import cast_tensors, check_tracing_inputs
 from ...core.ir import Node
+from ...core.modes import BUILTIN_MODES, decorator_claim
+from ...core.modes import compile_mode as _ts_compile_mode
+from ...core.modes import get_compile_mode as _ts_get_compile_mode
 from ...core.plugin_manager import PluginSet, default_strategy_names
 from ...core.strategy import CompileContext, TracingInputs
 from . import _UNSET, E3NN_MODE_ATTR

@@ -5,11 +5,15 @@ The providers (caller, ``_make_tracing_inputs``, recorded), their order and the 
 that lists them: tests/plugins/builtin/test_inputs.py.
 """
 
+from collections import OrderedDict
+from typing import NamedTuple
+
 import pytest
 import torch
 from torch import nn
 
 import torchstitch as ts
+from torchstitch.core import inputs as core_inputs
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
@@ -380,3 +384,52 @@ def test_buffers_restored_after_failed_compile(watch):
         ts.compile(model, example_inputs=(torch.randn(8, 3) + 2.0,))
     assert info.value.path == "bad"
     check()
+
+
+# --------------------------------------------------------------------------
+# the helpers over nested inputs and outputs (pytrees)
+# --------------------------------------------------------------------------
+
+
+class Pair(NamedTuple):
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+def _nested(x: torch.Tensor):
+    return (Pair(x, x * 2), [x + 1, {"k": x, "n": 3}], OrderedDict(o=x), "tag", None)
+
+
+def test_snapshot_clones_every_tensor_and_keeps_the_containers():
+    x = torch.randn(3, requires_grad=True)
+    value = _nested(x)
+    copy = core_inputs.snapshot(value)
+    assert type(copy[0]) is Pair and type(copy[2]) is OrderedDict and copy[3:] == ("tag", None)
+    tensors = [copy[0].low, copy[0].high, copy[1][0], copy[1][1]["k"], copy[2]["o"]]
+    originals = [x, value[0].high, value[1][0], x, x]
+    for tensor, original in zip(tensors, originals):
+        torch.testing.assert_close(tensor, original.detach())
+        assert tensor.data_ptr() != original.data_ptr() and not tensor.requires_grad
+    assert copy[1][1]["n"] == 3
+
+
+def test_cast_tensors_moves_floating_tensors_only_and_keeps_namedtuples():
+    value = (Pair(torch.ones(2), torch.arange(2)), {"k": [torch.zeros(1)]})
+    cast = core_inputs.cast_tensors(value, "cpu", torch.float64)
+    assert type(cast[0]) is Pair
+    assert cast[0].low.dtype == torch.float64 and cast[1]["k"][0].dtype == torch.float64
+    assert cast[0].high.dtype == torch.int64  # integer tensors keep their dtype
+    torch.testing.assert_close(cast[0].low, torch.ones(2, dtype=torch.float64))
+
+
+def test_same_inputs_compares_structure_and_values():
+    x = torch.randn(2, 3)
+    assert core_inputs.same_inputs(_nested(x), _nested(x.clone()))
+    assert not core_inputs.same_inputs(_nested(x), _nested(x + 1))
+    assert not core_inputs.same_inputs((x,), (x.double(),))  # dtype
+    assert not core_inputs.same_inputs((x,), (x.reshape(3, 2),))  # shape
+    assert not core_inputs.same_inputs((x, 1), (x, 2))
+    assert not core_inputs.same_inputs((x,), (x, x))
+    assert not core_inputs.same_inputs({"a": x}, {"b": x})
+    assert not core_inputs.same_inputs((x,), ([x],))
+    assert not core_inputs.same_inputs((x,), (None,))

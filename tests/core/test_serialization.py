@@ -172,6 +172,35 @@ def test_a_copy_or_a_rescripted_module_has_no_plan_and_saves_saying_so(tmp_path)
     torch.testing.assert_close(artifact(x), model(x))
 
 
+class Held:
+    """Not a CompileResult, but shaped like one: a compiled module and its plan."""
+
+    def __init__(self, module, plan):
+        self.module, self.plan = module, plan
+
+
+def test_save_takes_anything_with_a_compiled_module_and_its_plan(tmp_path):
+    x = torch.rand(4, 3) + 0.1
+    result = compile_scripted(Model(), x)
+    ts.save(Held(result.module, result.plan), tmp_path / "held.pt")
+    artifact = ts.load(tmp_path / "held.pt")
+    assert artifact.plan == result.plan
+    torch.testing.assert_close(artifact(x), result.module(x))
+    # an explicit plan= still wins over the held one
+    other = ts.plan(Model(), rules=[ts.Rule("script", path="")])
+    ts.save(Held(result.module, result.plan), tmp_path / "other.pt", plan=other)
+    assert ts.load(tmp_path / "other.pt").plan == other
+
+
+@pytest.mark.parametrize(
+    "held", [Held(nn.Linear(2, 2), "a plan"), Held("a module", None)], ids=["plan", "module"]
+)
+def test_saving_something_shaped_wrong_is_artifact_error(tmp_path, held):
+    with pytest.raises(ts.ArtifactError, match=r"a CompileResult, got a [\w.]*Held$"):
+        ts.save(held, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("obj", [{"weight": torch.zeros(2)}, "model.pt", None, torch.zeros(3)])
 def test_saving_what_is_not_a_module_is_artifact_error_naming_the_type(tmp_path, obj):
     path = tmp_path / "m.pt"
