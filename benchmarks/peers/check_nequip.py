@@ -111,7 +111,8 @@ def allegro_model() -> Subject:
         readout_mlp_hidden_layers_width=8,
         **COMMON,
     )
-    return _subject("Allegro", model, "AllegroModel, 2 layers, l_max 1, 8 scalar / 4 tensor features, r_max 3")
+    config = "AllegroModel, 2 layers, l_max 1, 8 scalar / 4 tensor features, r_max 3"
+    return _subject("Allegro", model, config)
 
 
 def nequip_compile_refusal() -> Row:
@@ -163,7 +164,8 @@ def own_aoti(subject: Subject) -> list[Row]:
         )
         row["build_s"] = time.perf_counter() - start
         row["stage"] = "run"
-        packaged = DictInputOutputWrapper(torch._inductor.aoti_load_package(path), PAIR_NEQUIP_INPUTS, outputs)
+        package = torch._inductor.aoti_load_package(path)
+        packaged = DictInputOutputWrapper(package, PAIR_NEQUIP_INPUTS, outputs)
 
         def aot_args(n: int) -> tuple[dict[str, torch.Tensor], ...]:
             return ({key: inputs[n][key] for key in PAIR_NEQUIP_INPUTS},)
@@ -193,6 +195,5 @@ CHECKS = {
 }
 
 if __name__ == "__main__":
-    sys.exit(
-        main("nequip", BUILDERS, CHECKS, packages=("torch", "e3nn", "nequip", "nequip-allegro", "torchstitch"))
-    )
+    PACKAGES = ("torch", "e3nn", "nequip", "nequip-allegro", "torchstitch")
+    sys.exit(main("nequip", BUILDERS, CHECKS, packages=PACKAGES))

@@ -95,7 +95,8 @@ def torchscript_drop_in(subject: Subject, call: str = "compile") -> list[Row]:
     """``torchstitch.plugins.e3nn.jit.<call>`` against ``e3nn.util.jit.<call>`` on deep copies.
 
     Bit-identical outputs, on the first call and once warm, at the two compile-time sizes
-    (the status is ``ok`` when the warm outputs are identical); compile seconds of each (median of :data:`COMPILE_REPEATS`, interleaved).
+    (the status is ``ok`` when the warm outputs are identical); compile seconds of each
+    (median of :data:`COMPILE_REPEATS`, interleaved).
     """
     row: Row = {"call": call}
     try:

@@ -50,6 +50,7 @@ class Subject:
         (fresh because peers write into their input dicts: MACE sets ``requires_grad``).
     :param outputs: the named output tensors of one call (energy, forces, ...), detached.
     :param edges: the number of edges of the ``n``-atom system.
+    :param extra: fields every eager row carries (how the model was configured).
     """
 
     name: str
@@ -248,6 +249,7 @@ def main(
                     row = {"peer": peer, "model": model, "section": check, **row}
                     out.write(json.dumps(row) + "\n")
                     out.flush()
-                print(f"[{peer}] {model}: {check} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+                seconds = time.perf_counter() - start
+                print(f"[{peer}] {model}: {check} done in {seconds:.0f} s", file=sys.stderr)
     return 0
 

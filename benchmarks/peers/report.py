@@ -144,7 +144,10 @@ def _drop_in_summary(rows: list[Row]) -> str:
         if row.get("status") not in ("ok", "differs"):
             parts.append(f"{name}: fails, {_failure(row)}")
             continue
-        same = "bit-identical" if row.get("identical_warm") else f"differs by {diff(row.get('max_diff') or 0)}"
+        if row.get("identical_warm"):
+            same = "bit-identical"
+        else:
+            same = f"differs by {diff(row.get('max_diff') or 0)}"
         if row.get("identical_warm") and not row.get("identical_first"):
             same += " once warm"
         ratio = f", {row['ratio']:.2f}x e3nn's compile time" if row.get("ratio") is not None else ""
@@ -158,7 +161,8 @@ def _export_summary(rows: list[Row]) -> str:
         if row.get("status") == "ok":
             parts.append(f"works: max abs diff {diff(row.get('aoti_diff') or 0)} at every size")
         elif row.get("status") == "differs":
-            parts.append(f"runs, differs from eager by {diff(row.get('aoti_diff') or row.get('export_diff') or 0)}")
+            worst = row.get("aoti_diff") or row.get("export_diff") or 0
+            parts.append(f"runs, differs from eager by {diff(worst)}")
         else:
             parts.append(f"fails: {_failure(row)}")
     return "; ".join(parts) or "-"
@@ -231,12 +235,14 @@ def notes(rows: list[Row], section: str, key: str) -> list[str]:
 def refusals(rows: list[Row]) -> list[str]:
     seen: dict[str, None] = {}
     for row in of(rows, "torchscript_refusal"):
-        said = f"{row.get('error', '')}: {row.get('message', '')}" if row.get("error") else row.get("status", "")
+        said = f"{row['error']}: {row.get('message', '')}" if row.get("error") else row.get("status", "")
         seen[f"- `{row.get('tool', '-')}` ({row.get('peer')}): {row.get('status')}: {text(said)}"] = None
     return list(seen)
 
 
-def render(rows: list[Row], date: str, commit: str | None = None, not_run: dict[str, str] | None = None) -> str:
+def render(
+    rows: list[Row], date: str, commit: str | None = None, not_run: dict[str, str] | None = None
+) -> str:
     """The whole Markdown document for ``rows``."""
     lines = header(rows, date, commit, not_run or {})
     lines += ["## Summary", "", *summary(rows), ""]
@@ -302,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the Markdown file to write")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
     parser.add_argument("--commit", help="the torchstitch commit measured")
-    parser.add_argument("--not-run", action="append", default=[], metavar="PEER=WHY", help="a peer not run, and why")
+    parser.add_argument(
+        "--not-run", action="append", default=[], metavar="PEER=WHY", help="a peer not run, and why"
+    )
     args = parser.parse_args(argv)
     not_run = dict(item.split("=", 1) for item in args.not_run)
     document = render(read_rows(args.rows), args.date, args.commit, not_run)
