@@ -54,7 +54,8 @@ def test_driver_help_names_the_peers_and_options():
     assert proc.stdout.startswith("usage: bash .ci/peers [--freeze] [PEER ...]")
     for word in ("mace-torch 0.3.16", "nequip 0.19.1", "nequip-allegro 0.8.3", "--freeze"):
         assert word in proc.stdout
-    assert "PEERS_RESULTS.md" in proc.stdout
+    assert "a run of every peer\nto benchmarks/PEERS_RESULTS.md" in proc.stdout
+    assert "a run of some of them to .peers/PEERS_RESULTS.md" in proc.stdout
     assert not (ROOT / ".peers" / "rows" / "bogus.jsonl").exists()
 
 
