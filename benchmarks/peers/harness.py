@@ -252,4 +252,3 @@ def main(
                 seconds = time.perf_counter() - start
                 print(f"[{peer}] {model}: {check} done in {seconds:.0f} s", file=sys.stderr)
     return 0
-

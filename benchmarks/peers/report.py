@@ -184,7 +184,7 @@ def _own_aoti_summary(rows: list[Row]) -> str:
 
 def summary(rows: list[Row]) -> list[str]:
     lines = [
-        "| model | peer | TorchScript drop-in vs e3nn.util.jit | ts.compile(target=\"export\") + AOTI "
+        '| model | peer | TorchScript drop-in vs e3nn.util.jit | ts.compile(target="export") + AOTI '
         "| NequIP's own AOTI |",
         "|---|---|---|---|---|",
     ]
