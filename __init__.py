@@ -7,12 +7,11 @@ compiles bottom-up and stitches the compiled pieces into one model.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load lazily
+    from ._version import __version__
     from .core.api import (
         compile,
         plan,
@@ -21,9 +20,6 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         Claim,
         ClaimKind,
         Rule,
-        compile_mode,
-        get_compile_mode,
-        set_compile_mode,
     )
     from .core.engine import Engine
     from .core.errors import (
@@ -54,6 +50,11 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         Divergence,
         locate,
     )
+    from .core.modes import (
+        compile_mode,
+        get_compile_mode,
+        set_compile_mode,
+    )
     from .core.options import CompileOptions
     from .core.plugin_manager import (
         get_plugin_manager,
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
 # Public names load on first use, so that `import torchstitch` (and the pytest
 # plugin every pytest session of an environment loads) does not import torch.
 _LAZY: dict[str, str] = {
+    "__version__": "._version",
     "compile": ".core.api",
     "plan": ".core.api",
     "script": ".plugins.builtin.torchscript.api",
@@ -88,9 +90,9 @@ _LAZY: dict[str, str] = {
     "Claim": ".core.claims",
     "ClaimKind": ".core.claims",
     "Rule": ".core.claims",
-    "compile_mode": ".core.claims",
-    "get_compile_mode": ".core.claims",
-    "set_compile_mode": ".core.claims",
+    "compile_mode": ".core.modes",
+    "get_compile_mode": ".core.modes",
+    "set_compile_mode": ".core.modes",
     "CompileOptions": ".core.options",
     "CompileResult": ".core.result",
     "Engine": ".core.engine",

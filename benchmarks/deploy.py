@@ -76,8 +76,11 @@ import warnings
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+#: the reference networks live with the tests (tests/reference_models.py), which use them too
+TESTS = os.path.join(os.path.dirname(HERE), "tests")
+for _folder in (TESTS, HERE):
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
 
 import torch  # noqa: E402
 from run import NETWORKS, machine, median  # noqa: E402

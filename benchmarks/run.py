@@ -5,7 +5,7 @@ machine); ``--smoke`` runs tiny sizes in seconds (CI: tests/test_benchmarks_smok
 Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (git-ignored);
 a full run also writes the table to ``benchmarks/RESULTS.md`` (committed).
 
-Models (``reference_models.py``): the seed example (an ``o3.Norm`` under a
+Models (``tests/reference_models.py``, shared with the tests): the seed example (an ``o3.Norm`` under a
 data-dependent ``if``), the reference network of ``shared/BASELINES.md``
 (``GatePoints``: e3nn's gate-points ``Convolution`` + ``Gate`` per layer) at its
 ``medium`` and ``large`` sizes, and a synthetic tree of 10,000 small modules for
@@ -85,8 +85,11 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+#: the reference networks live with the tests (tests/reference_models.py), which use them too
+TESTS = os.path.join(os.path.dirname(HERE), "tests")
+for _folder in (TESTS, HERE):
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
 
 import torch  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "StitchError",
     "UnknownStrategyError",
@@ -98,24 +100,34 @@ class StitchError(Exception):
             return self.message
         return f"[{', '.join(where)}] {self.message}"
 
-    def __reduce__(self):  # keep errors picklable (multiprocessing, pytest-xdist)
-        return _rebuild_error, (type(self), self.message, self.path, self.strategy, self.claimant)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep every error picklable (multiprocessing, pytest-xdist) with all its fields,
+        # whatever the subclass adds: rebuild without __init__ (whose keywords differ by
+        # class), then restore the formatted args and the instance's attributes.
+        return _new_error, (type(self),), self._pickled_state()
+
+    def _pickled_state(self) -> dict[str, Any]:
+        state = {"args": self.args, **self.__dict__}
+        if isinstance(self, OSError):  # OSError keeps its file fields outside __dict__
+            state.update(errno=self.errno, strerror=self.strerror, filename=self.filename)
+        return state
 
 
-def _rebuild_error(cls, message, path, strategy, claimant):
-    return cls(message, path=path, strategy=strategy, claimant=claimant)
-
-
-class UnknownStrategyError(StitchError, ValueError):
-    """A claim or rule names a strategy that no registered plugin provides."""
-
-
-class AmbiguousClaimError(StitchError):
-    """Two claims of the same kind name different strategies for one node."""
+def _new_error(cls: type[StitchError]) -> StitchError:
+    """An instance of ``cls`` whose ``__init__`` has not run, for unpickling."""
+    return cls.__new__(cls)
 
 
 class PlanError(StitchError, ValueError):
     """The plan is invalid: incompatible strategies in one region, a bad rule, bad options."""
+
+
+class UnknownStrategyError(PlanError):
+    """A claim or rule names a strategy that no registered plugin provides."""
+
+
+class AmbiguousClaimError(PlanError):
+    """Two claims of the same kind name different strategies for one node."""
 
 
 class UnsupportedModuleError(PlanError, NotImplementedError):
@@ -149,27 +161,6 @@ class VerificationError(StitchError):
         self.culprits = tuple(culprits)
         super().__init__(message, **kw)
 
-    def __reduce__(self):
-        return _rebuild_verification_error, (
-            self.message,
-            self.max_abs_diff,
-            self.culprits,
-            self.path,
-            self.strategy,
-            self.claimant,
-        )
-
-
-def _rebuild_verification_error(message, max_abs_diff, culprits, path, strategy, claimant):
-    return VerificationError(
-        message,
-        max_abs_diff=max_abs_diff,
-        culprits=culprits,
-        path=path,
-        strategy=strategy,
-        claimant=claimant,
-    )
-
 
 class PluginError(StitchError):
     """A plugin's hook raised, or returned a value of the wrong type.
@@ -182,22 +173,8 @@ class PluginError(StitchError):
         self.plugin = plugin
         self.hook = hook
         super().__init__(f"Plugin {plugin!r} for hook {hook!r}: {message}", **kw)
-        # _format() ran with the prefixed message; keep the bare one for pickling
+        # _format() ran with the prefixed message; keep the bare one, as every error does
         self.message = message
-
-    def __reduce__(self):
-        return _rebuild_plugin_error, (
-            self.message,
-            self.plugin,
-            self.hook,
-            self.path,
-            self.strategy,
-            self.claimant,
-        )
-
-
-def _rebuild_plugin_error(message, plugin, hook, path, strategy, claimant):
-    return PluginError(message, plugin=plugin, hook=hook, path=path, strategy=strategy, claimant=claimant)
 
 
 class ArtifactError(StitchError, OSError):

@@ -24,8 +24,7 @@ if TYPE_CHECKING:
     from .claims import Claim
     from .ir import Node, Plan
     from .options import CompileOptions
-    from .serialization import ArtifactFormat
-    from .strategy import CompileContext, Strategy
+    from .strategy import ArtifactFormat, CompileContext, Strategy
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -161,8 +160,9 @@ def torchstitch_node_compiled(
 def torchstitch_compile_run(plan: Plan, execute: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
     """Run one compile call of ``plan`` (planned and checked) and return the compiled model.
 
-    The default implementation (``trylast``) returns ``execute()``, which compiles
-    every node, finalizes and verifies the root.  Wrap it with
+    ``firstresult``: the first non-``None`` answer is the compiled model; the default
+    implementation (``trylast``) returns ``execute()``, which compiles every node,
+    finalizes and verifies the root, so return ``None`` to leave it to it.  Wrap it with
     ``@hookimpl(wrapper=True)`` for work around a whole compile call, as the
     TorchScript plugin reports torch's deprecation warnings once per call.
     Exceptions of ``execute()`` propagate unchanged.
@@ -171,10 +171,12 @@ def torchstitch_compile_run(plan: Plan, execute: Callable[[], torch.nn.Module]) 
 
 @hookspec(firstresult=True)
 def torchstitch_verification_run(function: Callable[..., Any], args: tuple[Any, ...], path: str) -> Any:
-    """Run ``function`` (a compiled module, or one of its methods, of the node at ``path``)
-    on ``args`` for verification and return its outputs.
+    """Run a compiled module for verification and return its outputs.
 
-    The default implementation (``trylast``) calls it, with copies of its inputs.
+    ``function`` is the compiled module, or one of its methods, of the node at
+    ``path`` (``""``: the root); ``args`` its positional arguments.  ``firstresult``:
+    the first non-``None`` answer is taken as the outputs; the default
+    implementation (``trylast``) calls ``function``, with copies of its inputs.
     Wrap it with ``@hookimpl(wrapper=True)`` to change how a family's modules run
     when they are checked, as the TorchScript plugin turns TorchScript's graph
     optimizer off.  Exceptions of ``function`` propagate unchanged.
@@ -220,5 +222,6 @@ def torchstitch_runs_alone(module: torch.nn.Module) -> bool | None:
     that differs from eager) runs compiled submodules alone on their recorded
     inputs.  Return ``False`` for one that is part of a larger artifact and
     refuses to run alone (the TorchScript plugin: a submodule of a trace), or
-    ``None`` to let others decide; when nobody answers it runs.
+    ``None`` to let others decide.  ``firstresult``: the first non-``None`` answer
+    wins; when nobody answers it runs.
     """

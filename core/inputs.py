@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 import torch
+from torch.utils._pytree import tree_flatten, tree_map_only
 
 from .errors import TracingInputsError, exception_summary
 from .strategy import TracingInputs
@@ -28,18 +29,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+# Nested inputs and outputs are pytrees: torch's own flattening (tuples, lists, dicts,
+# NamedTuples, OrderedDicts, ... and whatever a library registers) walks them here.
+
+
 def snapshot(value: Any) -> Any:
     """A copy of ``value`` whose tensors are detached clones (containers rebuilt, rest shared)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, tuple):
-        items = [snapshot(v) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [snapshot(v) for v in value]
-    if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
-    return value
+    return tree_map_only(torch.Tensor, lambda tensor: tensor.detach().clone(), value)
 
 
 def to_module(value: Any, module: torch.nn.Module) -> Any:
@@ -68,18 +64,14 @@ def _tensors_of(module: torch.nn.Module):
 
 def cast_tensors(value: Any, device: torch.device | str, dtype: torch.dtype | None) -> Any:
     """``value`` with its tensors on ``device`` and its floating tensors in ``dtype``
-    (``None``: keep each tensor's dtype); tuples, lists and dicts are rebuilt."""
-    if isinstance(value, torch.Tensor):
-        if dtype is not None and value.is_floating_point() and value.dtype != dtype:
-            return value.to(device=device, dtype=dtype)
-        return value.to(device=device)
-    if isinstance(value, tuple):
-        return tuple(cast_tensors(v, device, dtype) for v in value)
-    if isinstance(value, list):
-        return [cast_tensors(v, device, dtype) for v in value]
-    if isinstance(value, dict):
-        return {k: cast_tensors(v, device, dtype) for k, v in value.items()}
-    return value
+    (``None``: keep each tensor's dtype); containers are rebuilt."""
+
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            return tensor.to(device=device, dtype=dtype)
+        return tensor.to(device=device)
+
+    return tree_map_only(torch.Tensor, cast, value)
 
 
 def call_for_values(fn: Any, args: tuple[Any, ...]) -> Any:
@@ -101,7 +93,15 @@ def call_for_values(fn: Any, args: tuple[Any, ...]) -> Any:
 
 
 def same_inputs(a: Any, b: Any) -> bool:
-    """Structural equality with ``torch.equal`` on tensors (same shape, dtype and values)."""
+    """Whether ``a`` and ``b`` are the same call's arguments: the same containers (dict keys
+    in the same order) holding equal values, tensors equal by ``torch.equal`` with the same
+    shape, dtype and device."""
+    leaves_a, structure_a = tree_flatten(a)
+    leaves_b, structure_b = tree_flatten(b)
+    return structure_a == structure_b and all(map(_same_leaf, leaves_a, leaves_b))
+
+
+def _same_leaf(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (
             isinstance(a, torch.Tensor)
@@ -111,10 +111,6 @@ def same_inputs(a: Any, b: Any) -> bool:
             and a.device == b.device
             and torch.equal(a, b)
         )
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(same_inputs(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(same_inputs(a[k], b[k]) for k in a)
     try:
         return bool(a == b)
     except Exception:

@@ -7,6 +7,7 @@ serialised to JSON and embedded in an artifact.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -15,11 +16,14 @@ import attrs
 
 from .claims import Claim, ClaimKind
 from .errors import display_path
+from .render import ansi, dot_color
 
 #: what :meth:`Plan.fold` computes for each node
 R = TypeVar("R")
 
 __all__ = ["Attempt", "Node", "Outcome", "Plan"]
+
+log = logging.getLogger(__name__)
 
 PLAN_FORMAT_VERSION = 1
 
@@ -175,7 +179,7 @@ class Node:
         return text
 
 
-@attrs.frozen(eq=False)
+@attrs.frozen
 class Plan:
     """The compilation plan of a module tree: read-only, deterministic, queryable.
 
@@ -185,16 +189,12 @@ class Plan:
 
     #: the root node
     root: Node
-    _index: dict[str, Node] = attrs.field(init=False, repr=False)
+    #: path -> node, parents first (derived from ``root``: not compared, not shown)
+    _index: dict[str, Node] = attrs.field(init=False, eq=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_index", {n.path: n for n in _preorder(self.root)})
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and other.root == self.root
-
-    def __hash__(self) -> int:
-        return hash(self.root)
+    @_index.default
+    def _index_by_path(self) -> dict[str, Node]:
+        return {n.path: n for n in _preorder(self.root)}
 
     def __getitem__(self, path: str) -> Node:
         try:
@@ -268,8 +268,6 @@ class Plan:
             as in :meth:`to_dot`); for terminals only (see
             :func:`torchstitch.core.render.stream_wants_color`).
         """
-        from .render import ansi
-
         lines: list[str] = []
 
         def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
@@ -294,9 +292,7 @@ class Plan:
 
         :param name: the graph's name.
         """
-        from .render import plan_to_dot
-
-        return plan_to_dot(self, name=name)
+        return _plan_to_dot(self, name)
 
     def __str__(self) -> str:
         return self.render()
@@ -315,6 +311,69 @@ def _describe_outcome(outcome: Outcome) -> str:
         tried = ", ".join(f"{a.strategy} failed ({a.error_type})" for a in failed)
         parts.append(f"fell back: {tried}")
     return ", ".join(parts)
+
+
+# -- Graphviz DOT ------------------------------------------------------------
+
+
+def _dot_string(text: str) -> str:
+    """A DOT double-quoted string; ``\\n`` in ``text`` becomes a centred line break."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n") + '"'
+
+
+def _dot_label(node: Node) -> str:
+    lines = ["<root>" if node.path == "" else node.name, node.type_name, node.describe()]
+    if node.outcome is not None:
+        lines.append(_describe_outcome(node.outcome))
+    return "\n".join(lines)
+
+
+def _plan_to_dot(plan: Plan, name: str) -> str:
+    """Graphviz DOT source for ``plan`` (see :meth:`Plan.to_dot`).
+
+    Edges go from parent to child; a module reachable by several paths gets a
+    dashed edge to the node it is shared with.  A legend lists the strategies
+    that occur.  The output is deterministic.
+    """
+    ids = {node.path: f"n{i}" for i, node in enumerate(plan.walk())}
+    out = [
+        f"digraph {_dot_string(name)} {{",
+        "  rankdir=TB;",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+        '  edge [color="gray40"];',
+    ]
+    used: dict[str | None, None] = {}
+    for node in plan.walk():
+        strategy = node.strategy
+        used.setdefault(strategy, None)
+        attributes = [
+            f"label={_dot_string(_dot_label(node))}",
+            f"fillcolor={_dot_string(dot_color(strategy))}",
+            f"tooltip={_dot_string(node.path or '<root>')}",
+        ]
+        if node.claim is None:
+            attributes.append('style="rounded,filled,dashed"')
+        out.append(f"  {ids[node.path]} [{', '.join(attributes)}];")
+    for node in plan.walk():
+        for child in node.children:
+            out.append(f"  {ids[node.path]} -> {ids[child.path]};")
+        if node.shared_with is not None and node.shared_with in ids:
+            out.append(
+                f'  {ids[node.path]} -> {ids[node.shared_with]} [style=dashed, label="same module", '
+                "constraint=false];"
+            )
+    out.append("  subgraph cluster_legend {")
+    out.append('    label="strategies"; fontname="Helvetica"; fontsize=10; style=dashed;')
+    for i, strategy in enumerate(used):
+        text = "inherit" if strategy is None else strategy
+        out.append(
+            f"    legend{i} [label={_dot_string(text)}, fillcolor={_dot_string(dot_color(strategy))}];"
+        )
+    out.append("  }")
+    out.append("}")
+    log.debug("rendered a plan of %d nodes as DOT", len(plan))
+    return "\n".join(out) + "\n"
 
 
 def _preorder(node: Node) -> Iterator[Node]:

@@ -14,21 +14,20 @@ import logging
 import os
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import attrs
 import torch
 
+from .._version import __version__
 from .errors import ArtifactError, StitchError, exception_summary
 from .ir import Plan
 from .plugin_manager import PluginSet
 from .provenance import attach_plan, plan_of
+from .strategy import ArtifactFormat  # re-exported: formats were defined here first
 
-if TYPE_CHECKING:
-    from .result import CompileResult
-
-__all__ = ["Artifact", "ArtifactFormat", "save", "load", "read_zip_member"]
+__all__ = ["Artifact", "ArtifactFormat", "CompiledWithPlan", "save", "load", "read_zip_member"]
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +42,19 @@ PLAN_FILE = "torchstitch/plan.json"
 META_FILE = "torchstitch/meta.json"
 
 
-@attrs.frozen
-class ArtifactFormat:
-    """A way of writing a compiled model to disk, provided by a plugin.
+class CompiledWithPlan(Protocol):
+    """What :func:`save` takes besides a module: a compiled ``module`` with its ``plan``,
+    such as :class:`~torchstitch.CompileResult`.
 
-    ``save(module, path, extra, options)`` writes ``module`` and the ``extra``
-    documents (``{PLAN_FILE: json, META_FILE: json}``); ``options`` are the
-    caller's ``ts.save(..., options=...)`` for this format (raise
-    :class:`~torchstitch.ArtifactError` for one it does not take).
-    ``load(path, map_location)`` returns ``(module, extra)`` with whatever
-    documents it found.
+    Matched by shape, not by class, so that saving does not depend on the engine
+    that makes results (the engine saves through this module).
     """
 
-    #: format name, as in ``ts.save(..., format=name)``
-    name: str
-    #: whether this format can save ``module`` (used when ``format`` is not given)
-    accepts: Callable[[torch.nn.Module], bool] = attrs.field(eq=False, repr=False)
-    #: ``save(module, path, extra, options) -> None``
-    save: Callable[[Any, str, dict[str, str], dict[str, Any]], None] = attrs.field(eq=False, repr=False)
-    #: ``load(path, map_location) -> (module, extra)``
-    load: Callable[[str, Any], tuple[Any, dict[str, str]]] = attrs.field(eq=False, repr=False)
-    #: one line for ``torchstitch strategies`` and error messages
-    description: str = ""
+    @property
+    def module(self) -> torch.nn.Module: ...
+
+    @property
+    def plan(self) -> Plan: ...
 
 
 @attrs.frozen
@@ -113,7 +103,7 @@ def read_zip_member(path: str, suffix: str) -> str | None:
 
 
 def save(
-    compiled: torch.nn.Module | CompileResult,
+    compiled: torch.nn.Module | CompiledWithPlan,
     path: str | os.PathLike[str],
     *,
     plan: Plan | None = None,
@@ -138,18 +128,7 @@ def save(
         cannot be written (also an :class:`OSError`); nothing is left at ``path``
         then (a file already there stays as it was).
     """
-    from .result import CompileResult
-
-    if isinstance(compiled, CompileResult):
-        plan = compiled.plan if plan is None else plan
-        compiled = compiled.module
-    elif not isinstance(compiled, torch.nn.Module):
-        raise ArtifactError(
-            f"ts.save takes a compiled module or a CompileResult, got a {_type_name(compiled)}",
-            path="",
-        )
-    if plan is None:
-        plan = plan_of(compiled)
+    compiled, plan = _module_and_plan(compiled, plan)
     known = formats(PluginSet.from_plugins(plugins))
     if format is None:
         chosen = next((f for f in known.values() if f.accepts(compiled)), None)
@@ -174,7 +153,7 @@ def save(
         raise ArtifactError(f"unknown artifact format {format!r}; known: {', '.join(sorted(known))}")
     meta = {
         "format": chosen.name,
-        "torchstitch_version": _version(),
+        "torchstitch_version": __version__,
         "torch_version": torch.__version__,
         "plan": "embedded" if plan is not None else NO_PLAN,
     }
@@ -182,6 +161,22 @@ def save(
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
     _write(chosen, compiled, os.fspath(path), extra, dict(options or {}))
+
+
+def _module_and_plan(
+    compiled: torch.nn.Module | CompiledWithPlan, plan: Plan | None
+) -> tuple[torch.nn.Module, Plan | None]:
+    """The module to save, and the plan to embed: ``plan`` if given, else the result's,
+    else the one attached to the module."""
+    if not isinstance(compiled, torch.nn.Module):
+        module, its_plan = getattr(compiled, "module", None), getattr(compiled, "plan", None)
+        if not (isinstance(module, torch.nn.Module) and isinstance(its_plan, Plan)):
+            raise ArtifactError(
+                f"ts.save takes a compiled module or a CompileResult, got a {_type_name(compiled)}",
+                path="",
+            )
+        compiled, plan = module, its_plan if plan is None else plan
+    return compiled, plan_of(compiled) if plan is None else plan
 
 
 def _write(
@@ -306,9 +301,3 @@ def _read_plan(path: str, text: str | None) -> Plan | None:
 def _type_name(obj: Any) -> str:
     kind = type(obj)
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -1,4 +1,5 @@
-"""What a strategy is, and the per-call context handed to strategies and providers."""
+"""The types plugins construct: strategies, artifact formats, and the per-call context
+handed to strategies and tracing-input providers."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import attrs
 import torch
 
 from .errors import PlanError, StitchError
+from .verify import tolerance_validator
 
 if TYPE_CHECKING:
     from .ir import Node
 
-__all__ = ["Strategy", "CompileContext", "TracingInputs"]
+__all__ = ["ArtifactFormat", "Strategy", "CompileContext", "TracingInputs"]
 
 #: ``[{method_name: args_tuple}, ...]``, the format of TorchScript's ``trace_module``
 TracingInputs = list[dict[str, tuple[Any, ...]]]
@@ -21,13 +23,6 @@ TracingInputs = list[dict[str, tuple[Any, ...]]]
 
 def _frozen_names(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
-
-
-def _check_tolerance(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"Strategy.{attribute.name} must be a number >= 0 or None, got {value!r}")
 
 
 @attrs.frozen
@@ -71,8 +66,8 @@ class Strategy:
     #: verification tolerance of this strategy's nodes (``|Δ| <= atol + rtol * |eager|``), for a
     #: strategy whose output cannot match eager to float32 precision (one computing in bfloat16);
     #: ``None``: by dtype.  The caller's ``atol=``/``rtol=`` win over these.
-    atol: float | None = attrs.field(default=None, validator=_check_tolerance)
-    rtol: float | None = attrs.field(default=None, validator=_check_tolerance)
+    atol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
+    rtol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
 
     def can_hold(self, child: Strategy) -> bool:
         """Whether a ``child`` node claimed by another strategy may sit inside this one's region."""
@@ -107,3 +102,28 @@ class CompileContext:
     #: per-call memo shared by every node of this compile call (and only this call):
     #: strategies key their entries by their own name, e.g. ``("inductor", ...)``
     scratch: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False)
+
+
+@attrs.frozen
+class ArtifactFormat:
+    """A way of writing a compiled model to disk, provided by a plugin.
+
+    ``save(module, path, extra, options)`` writes ``module`` and the ``extra``
+    documents (``{PLAN_FILE: json, META_FILE: json}``, names from
+    ``torchstitch.core.serialization``); ``options`` are the
+    caller's ``ts.save(..., options=...)`` for this format (raise
+    :class:`~torchstitch.ArtifactError` for one it does not take).
+    ``load(path, map_location)`` returns ``(module, extra)`` with whatever
+    documents it found.
+    """
+
+    #: format name, as in ``ts.save(..., format=name)``
+    name: str
+    #: whether this format can save ``module`` (used when ``format`` is not given)
+    accepts: Callable[[torch.nn.Module], bool] = attrs.field(eq=False, repr=False)
+    #: ``save(module, path, extra, options) -> None``
+    save: Callable[[Any, str, dict[str, str], dict[str, Any]], None] = attrs.field(eq=False, repr=False)
+    #: ``load(path, map_location) -> (module, extra)``
+    load: Callable[[str, Any], tuple[Any, dict[str, str]]] = attrs.field(eq=False, repr=False)
+    #: one line for ``torchstitch strategies`` and error messages
+    description: str = ""

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import torch
 
-__all__ = ["Tolerance", "Mismatch", "compare"]
+__all__ = ["Tolerance", "Mismatch", "compare", "tolerance_validator"]
+
+
+def tolerance_validator(owner: str = "") -> Callable[[Any, attrs.Attribute, Any], None]:
+    """An attrs validator of ``atol``/``rtol``: a number >= 0, or ``None`` (pick by dtype).
+
+    :param owner: what the message puts before the field's name (``"Strategy."``).
+    """
+
+    def check(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{owner}{attribute.name} must be a number >= 0 or None, got {value!r}")
+
+    return check
 
 
 @attrs.frozen
 class Tolerance:
     """``|actual - expected| <= atol + rtol * |expected|``; ``None`` picks by dtype."""
 
-    atol: float | None = None
-    rtol: float | None = None
+    #: the caller's ``atol=``
+    atol: float | None = attrs.field(default=None, validator=tolerance_validator())
+    #: the caller's ``rtol=``
+    rtol: float | None = attrs.field(default=None, validator=tolerance_validator())
 
     def for_dtype(self, dtype: torch.dtype) -> tuple[float, float]:
         if dtype in (torch.float16, torch.bfloat16):
@@ -52,6 +69,10 @@ def compare(
     Containers must be of the same kind (a NamedTuple with the same fields, a
     tuple, a list, a dict with the same keys) and the same length; tensors of the
     same shape and dtype, equal within ``tolerance``.
+
+    The two outputs are walked side by side rather than flattened as pytrees: their
+    containers differ by design (TorchScript rebuilds NamedTuples and dicts, see
+    :func:`_container_kind`), and a mismatch of structure must say where it is.
     """
     state = {"max": 0.0, "mismatch": None, "keeps_fields": tuple(keeps_fields)}
     _compare(expected, actual, tolerance, "output", state)

@@ -9,9 +9,9 @@ docs/plugins.md ("What a plugin may import").
 from __future__ import annotations
 
 from ..core._warn import warn
-from ..core.claims import decorator_claim, is_known_compile_mode, known_compile_modes
 from ..core.errors import display_path, exception_summary, first_line
 from ..core.inputs import as_example_args, cast_tensors, check_tracing_inputs, to_module
+from ..core.modes import decorator_claim, is_known_compile_mode, known_compile_modes
 from ..core.serialization import META_FILE, PLAN_FILE
 from ..core.stitching import make_shell
 from ..core.strategy import TracingInputs

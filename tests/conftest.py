@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import pluggy
 import pytest
 import torch
 
@@ -13,9 +16,33 @@ def _seed():
     torch.manual_seed(0)
 
 
+AUTOLOAD_ENV = "TORCHSTITCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@pytest.fixture
+def default_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> pluggy.PluginManager:
+    """A fresh default plugin manager without entry points, for this test's duration.
+
+    ``ts.get_plugin_manager()`` returns it, and ``plugins=[...]`` calls build their
+    private managers without entry points too.  Unit tests of the core and of the
+    built-in plugins use it for every test (autouse in their conftest.py files), so
+    that they do not depend on which third-party plugins are installed.
+    """
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    fresh = ts.make_plugin_manager(autoload=False)
+    # The one private hook point: the lazily created default that get_plugin_manager()
+    # returns (its module's ``_default_pm``), found through the public function so that
+    # the fixture follows the function wherever it is defined.
+    home = sys.modules[ts.get_plugin_manager.__module__]
+    monkeypatch.setattr(home, "_default_pm", fresh)
+    assert ts.get_plugin_manager() is fresh, "get_plugin_manager() no longer reads _default_pm"
+    return fresh
+
+
 @pytest.fixture
 def pm():
-    """A fresh plugin manager (built-ins and entry points), private to the test."""
+    """A fresh plugin manager, private to the test: the built-ins, and the entry points
+    unless the test runs under ``default_plugin_manager`` (tests/core/, tests/plugins/builtin/)."""
     return ts.make_plugin_manager()
 
 

@@ -1,6 +1,7 @@
 """Packaging: the repository root is the package, and a wheel holds only the package."""
 
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,6 +29,16 @@ def test_import_from_any_directory(tmp_path):
 @pytest.mark.slow
 def test_wheel_holds_only_the_package(tmp_path):
     pytest.importorskip("setuptools")
+    # build from a copy: setuptools writes build/ and *.egg-info/ into the source tree, and a
+    # stale build/ from an earlier run would leak removed modules into the next wheel
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".peers", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+        ),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -39,7 +50,7 @@ def test_wheel_holds_only_the_package(tmp_path):
             "--no-build-isolation",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,

@@ -277,6 +277,14 @@ class TestRuleValidation:
         with pytest.raises(TypeError, match="path="):
             ts.Rule("script", path=0)
 
+    def test_rules_compare_by_what_they_say_not_by_their_compiled_glob(self):
+        rule = ts.Rule("script", path="layers.*")
+        same = ts.Rule("script", path="layers.*")
+        assert rule == same and hash(rule) == hash(same)
+        assert rule != ts.Rule("script", path="layers.**")
+        assert rule.matches(Leaf(), "layers.0") and not rule.matches(Leaf(), "layers.0.lin")
+        assert repr(rule) == "Rule('script', path='layers.*')"
+
     def test_strategy_must_be_str_or_none(self):
         with pytest.raises(TypeError):
             ts.Rule(1, path="a")
@@ -460,9 +468,9 @@ class TestPrecedence:
     def _decorator_strategy_known(self, monkeypatch):
         # set_compile_mode checks plugin strategy names against the default manager;
         # make "s_decorator" known there without touching the default manager
-        from torchstitch.core import claims
+        from torchstitch.core import modes
 
-        monkeypatch.setattr(claims, "BUILTIN_MODES", (*claims.BUILTIN_MODES, "s_decorator"))
+        monkeypatch.setattr(modes, "BUILTIN_MODES", (*modes.BUILTIN_MODES, "s_decorator"))
 
     @pytest.mark.parametrize(
         "override, decorator, attribute, rule, expected",

@@ -4,7 +4,8 @@ tests/core/test_engine.py covers which strategies a fallback tries and that it w
 here: what each attempt records (strategy, error type, first line, seconds) in
 CompileResult.fallbacks, in the plan (JSON and text) and in the root's error when all
 fail; then, for a deliberately wrong strategy deep in a tree, that the VerificationError
-at '<root>' names exactly the deepest wrong nodes, and that ts.locate agrees.
+at '<root>' names exactly the deepest wrong nodes, and that ts.locate agrees (ts.locate on
+its own: tests/core/test_locate.py).
 """
 
 import warnings
@@ -395,23 +396,3 @@ def test_standalone_locate_agrees_with_the_engine(scenario):
     x = x4()
     compiled = _compiled_without_verification(model, rules, x).module
     assert sorted(d.path for d in ts.locate(model, compiled, (x,))) == expected
-
-
-def test_locate_finds_nothing_when_compiled_equals_eager():
-    model = Model(left=Block(a=Traced()))
-    x = x4()
-    compiled = ts.compile(model, example_inputs=(x,), rules=[ts.Rule("script", path="right")])
-    paths = ["left.a", "right"]
-    assert ts.locate(model, compiled, (x,), paths=paths) == []
-
-
-def test_locate_reports_a_compiled_piece_that_cannot_run():
-    class Raises(nn.Module):
-        def forward(self, x):
-            raise RuntimeError("cannot run")
-
-    model = Model()
-    compiled = Model(left=model.left, right=Block(model.right.a, Raises()))
-    (found,) = ts.locate(model, compiled, (x4(),), paths=["right.b"])
-    assert found.path == "right.b"
-    assert "RuntimeError" in found.detail and found.max_abs_diff != found.max_abs_diff  # nan

@@ -1,17 +1,24 @@
-"""Tracing-input providers, their order, recording, and every way inputs can be missing or wrong."""
+"""Tracing inputs (core/inputs.py): the forms of ``inputs=``, recording from ``example_inputs``,
+the checks of ``example_inputs``, and the caller's buffers and tensors left as they were.
+
+The providers (caller, ``_make_tracing_inputs``, recorded), their order and the error
+that lists them: tests/plugins/builtin/test_inputs.py.
+"""
+
+from collections import OrderedDict
+from typing import NamedTuple
 
 import pytest
 import torch
 from torch import nn
 
 import torchstitch as ts
+from torchstitch.core import inputs as core_inputs
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
-
-PROVIDERS = ("inputs.caller", "inputs.method", "inputs.recorded")
 
 
 @ts.compile_mode("trace")
@@ -22,13 +29,6 @@ class Probe(nn.Module):
 
     def forward(self, x):
         return torch.tanh(self.lin(x))
-
-
-class ProbeWithMethod(Probe):
-    """Gives two distinct tracing inputs of its own."""
-
-    def _make_tracing_inputs(self, n):
-        return [{"forward": (torch.randn(2, 3),)}, {"forward": (torch.randn(5, 3),)}]
 
 
 class Parent(nn.Module):
@@ -79,16 +79,6 @@ class CallsOnce(nn.Module):
 
     def forward(self, x):
         return self.child(x)
-
-
-class NeverCalls(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.used = nn.Linear(3, 3)
-        self.unused = Probe()
-
-    def forward(self, x):
-        return self.used(x)
 
 
 class Raises(nn.Module):
@@ -151,67 +141,6 @@ def outcome(result, path):
     node = result.plan[path]
     assert node.outcome is not None, f"{path} was not compiled"
     return node.outcome
-
-
-# --------------------------------------------------------------------------
-# provider order
-# --------------------------------------------------------------------------
-
-
-def test_caller_inputs_beat_make_tracing_inputs_and_recording():
-    model = Parent(ProbeWithMethod())
-    x = torch.randn(4, 3)
-    given = [(torch.randn(6, 3),), (torch.randn(1, 3),), (torch.randn(2, 3),)]
-    result = ts.Engine().compile(model, example_inputs=(x,), inputs={"child": given})
-    out = outcome(result, "child")
-    assert out.inputs_source == "inputs.caller"
-    assert out.n_verified == 3  # the caller's three inputs, not the method's two
-    torch.testing.assert_close(result.module(x), model(x))
-
-
-def test_make_tracing_inputs_beats_recording():
-    model = Parent(ProbeWithMethod())
-    x = torch.randn(4, 3)
-    result = ts.Engine().compile(model, example_inputs=(x,))
-    out = outcome(result, "child")
-    assert out.inputs_source == "inputs.method"
-    assert out.n_verified == 2  # the method's two inputs, not the one recorded
-    torch.testing.assert_close(result.module(x), model(x))
-
-
-def test_make_tracing_inputs_needs_no_example_inputs():
-    model = Parent(ProbeWithMethod())
-    result = ts.Engine().compile(model)
-    assert outcome(result, "child").inputs_source == "inputs.method"
-    x = torch.randn(4, 3)
-    torch.testing.assert_close(result.module(x), model(x))
-
-
-def test_make_tracing_inputs_receives_n_trace_checks():
-    seen = []
-
-    class Asks(Probe):
-        def _make_tracing_inputs(self, n):
-            seen.append(n)
-            return [{"forward": (torch.randn(2, 3),)} for _ in range(n)]
-
-    model = Parent(Asks())
-    result = ts.Engine(n_trace_checks=3).compile(model)
-    assert seen == [3]
-    assert outcome(result, "child").n_verified == 3
-
-
-def test_recorded_inputs_when_nothing_else():
-    model = Parent(Probe())
-    x = torch.randn(4, 3)
-    result = ts.Engine().compile(model, example_inputs=(x,))
-    out = outcome(result, "child")
-    assert out.inputs_source == "inputs.recorded"
-    assert out.n_verified == 1
-    assert isinstance(result.module.child, torch.jit.ScriptModule)
-    torch.testing.assert_close(result.module(x), model(x))
-    y = torch.randn(2, 3)
-    torch.testing.assert_close(result.module(y), model(y))
 
 
 # --------------------------------------------------------------------------
@@ -315,79 +244,6 @@ def test_traced_branch_not_caught_from_a_single_call():
     result = ts.Engine().compile(model, example_inputs=(x,))
     assert outcome(result, "child").n_verified == 1
     torch.testing.assert_close(result.module(x), model(x))
-
-
-# --------------------------------------------------------------------------
-# missing inputs
-# --------------------------------------------------------------------------
-
-
-def test_no_provider_names_path_and_every_provider(watch):
-    model = Parent(Probe())
-    check = watch(model)
-    with pytest.raises(ts.TracingInputsError) as info:
-        ts.compile(model)
-    err = info.value
-    text = str(err)
-    assert err.path == "child"
-    assert "'child'" in text
-    assert err.strategy == "trace"
-    positions = [text.index(p) for p in PROVIDERS]
-    assert positions == sorted(positions), "providers not listed in the order asked"
-    assert "example_inputs" in text
-    assert "inputs=" in text
-    assert "_make_tracing_inputs" in text
-    check()
-
-
-def test_trace_node_never_reached_by_recording(watch):
-    model = NeverCalls()
-    check = watch(model)
-    with pytest.raises(ts.TracingInputsError) as info:
-        ts.compile(model, example_inputs=(torch.randn(2, 3),))
-    err = info.value
-    assert err.path == "unused"
-    assert "'unused'" in str(err)
-    assert "never called" in str(err)
-    for provider in PROVIDERS:
-        assert provider in str(err)
-    check()
-
-
-# --------------------------------------------------------------------------
-# malformed _make_tracing_inputs
-# --------------------------------------------------------------------------
-
-
-def _bad_method_outputs():
-    x = torch.randn(2, 3)
-    return [
-        pytest.param(lambda: ({"forward": (x,)},), "tuple", id="tuple-not-list"),
-        pytest.param(lambda: {"forward": (x,)}, "dict", id="dict-not-list"),
-        pytest.param(lambda: [], "empty", id="empty-list"),
-        pytest.param(lambda: [{"forward": x}], "Tensor", id="tensor-not-tuple"),
-        pytest.param(lambda: [{"forward": [x]}], "list", id="list-not-tuple"),
-        pytest.param(lambda: [(x,)], "tuple", id="item-not-dict"),
-        pytest.param(lambda: [{"nope": (x,)}], "nope", id="unknown-method"),
-    ]
-
-
-@pytest.mark.parametrize(("make", "mentions"), _bad_method_outputs())
-def test_malformed_make_tracing_inputs(watch, make, mentions):
-    class Malformed(Probe):
-        def _make_tracing_inputs(self, n):
-            return make()
-
-    model = Parent(Malformed())
-    check = watch(model)
-    with pytest.raises(ts.TracingInputsError) as info:
-        ts.compile(model, example_inputs=(torch.randn(2, 3),))
-    err = info.value
-    assert err.path == "child"
-    assert "'child'" in str(err)
-    assert "inputs.method" in str(err)
-    assert mentions in str(err)
-    check()
 
 
 # --------------------------------------------------------------------------
@@ -528,3 +384,52 @@ def test_buffers_restored_after_failed_compile(watch):
         ts.compile(model, example_inputs=(torch.randn(8, 3) + 2.0,))
     assert info.value.path == "bad"
     check()
+
+
+# --------------------------------------------------------------------------
+# the helpers over nested inputs and outputs (pytrees)
+# --------------------------------------------------------------------------
+
+
+class Pair(NamedTuple):
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+def _nested(x: torch.Tensor):
+    return (Pair(x, x * 2), [x + 1, {"k": x, "n": 3}], OrderedDict(o=x), "tag", None)
+
+
+def test_snapshot_clones_every_tensor_and_keeps_the_containers():
+    x = torch.randn(3, requires_grad=True)
+    value = _nested(x)
+    copy = core_inputs.snapshot(value)
+    assert type(copy[0]) is Pair and type(copy[2]) is OrderedDict and copy[3:] == ("tag", None)
+    tensors = [copy[0].low, copy[0].high, copy[1][0], copy[1][1]["k"], copy[2]["o"]]
+    originals = [x, value[0].high, value[1][0], x, x]
+    for tensor, original in zip(tensors, originals):
+        torch.testing.assert_close(tensor, original.detach())
+        assert tensor.data_ptr() != original.data_ptr() and not tensor.requires_grad
+    assert copy[1][1]["n"] == 3
+
+
+def test_cast_tensors_moves_floating_tensors_only_and_keeps_namedtuples():
+    value = (Pair(torch.ones(2), torch.arange(2)), {"k": [torch.zeros(1)]})
+    cast = core_inputs.cast_tensors(value, "cpu", torch.float64)
+    assert type(cast[0]) is Pair
+    assert cast[0].low.dtype == torch.float64 and cast[1]["k"][0].dtype == torch.float64
+    assert cast[0].high.dtype == torch.int64  # integer tensors keep their dtype
+    torch.testing.assert_close(cast[0].low, torch.ones(2, dtype=torch.float64))
+
+
+def test_same_inputs_compares_structure_and_values():
+    x = torch.randn(2, 3)
+    assert core_inputs.same_inputs(_nested(x), _nested(x.clone()))
+    assert not core_inputs.same_inputs(_nested(x), _nested(x + 1))
+    assert not core_inputs.same_inputs((x,), (x.double(),))  # dtype
+    assert not core_inputs.same_inputs((x,), (x.reshape(3, 2),))  # shape
+    assert not core_inputs.same_inputs((x, 1), (x, 2))
+    assert not core_inputs.same_inputs((x,), (x, x))
+    assert not core_inputs.same_inputs({"a": x}, {"b": x})
+    assert not core_inputs.same_inputs((x,), ([x],))
+    assert not core_inputs.same_inputs((x,), (None,))

@@ -116,6 +116,22 @@ class TestLookup:
         assert len(plan) == len(PREORDER) == len(list(Net().named_modules()))
 
 
+class TestEquality:
+    def test_plans_are_equal_and_hash_alike_when_their_trees_are(self, plan):
+        again = ts.plan(Net(), rules=RULES)
+        assert again is not plan
+        assert again == plan and hash(again) == hash(plan)
+        assert len({plan, again}) == 1
+        other = ts.plan(Net())
+        assert other != plan
+        assert ts.Plan(plan["head"]) != plan
+
+    def test_the_path_index_is_derived_not_shown(self, plan):
+        assert "_index" not in repr(plan)
+        assert [f.name for f in attrs.fields(ts.Plan) if f.eq] == ["root"]
+        assert ts.Plan(plan["layers"])["layers.1.lin"] is plan["layers.1.lin"]
+
+
 class TestOrder:
     def test_walk_is_preorder_in_module_order(self, plan):
         assert [n.path for n in plan.walk()] == PREORDER

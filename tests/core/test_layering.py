@@ -51,7 +51,9 @@ def _private_imports(folder: Path) -> list[str]:
 def test_plugins_import_only_the_public_api():
     # built-ins, the e3nn/export/inductor plugins: `from torchstitch import ...` and the documented
     # plugin modules (torchstitch.plugins.toolkit, torchstitch.plugins.graph_modules), like a third party
-    public_modules = {"toolkit.py"}
+    # toolkit.py is the plugins' door to the core; torchscript/api.py is re-exported by the facade
+    # (ts.script, ts.trace), so it cannot import the facade without a cycle
+    public_modules = {"toolkit.py", "api.py"}
     offenders = [
         line for line in _private_imports(PACKAGE / "plugins") if line.split(":")[0] not in public_modules
     ]

@@ -85,11 +85,6 @@ class TestBuiltins:
         known = str(info.value).split("known strategies: ", 1)[1]
         assert "'script'" in known and "'unsupported'" in known and "'trace'" not in known
 
-    def test_blocking_compile_mode_ignores_decorators(self):
-        plan = ts.plan(Model(Leaf(), TracedLeaf()), plugins=["no:compile_mode"])
-        assert plan["layers.1"].claim is None
-        assert ts.plan(Model(Leaf(), TracedLeaf()))["layers.1"].strategy == "trace"
-
 
 # --------------------------------------------------------------------------
 # a third-party strategy
@@ -451,6 +446,27 @@ class TestPluginsArgument:
     def test_empty_list_is_a_private_manager_with_builtins(self):
         plan = ts.plan(Model(Leaf(), TracedLeaf()), plugins=[])
         assert plan["layers.1"].strategy == "trace"
+
+
+class TestDefaultManagerOfCoreTests:
+    """tests/core/conftest.py gives every core test a fresh default manager without entry points."""
+
+    def test_it_is_the_default_and_has_no_entry_point_plugins(self, default_plugin_manager):
+        assert ts.get_plugin_manager() is default_plugin_manager
+        assert default_plugin_manager.has_plugin("script")
+        assert not default_plugin_manager.has_plugin("e3nn")
+        assert ts.make_plugin_manager(autoload=True).has_plugin("e3nn")  # installed, not loaded
+        assert not ts.make_plugin_manager().has_plugin("e3nn")  # nor by managers for plugins=
+
+    def test_calls_without_plugins_use_it(self, default_plugin_manager):
+        model = Model(Leaf(), Looping())
+        assert ts.plan(model)["layers.1"].claim is None
+        default_plugin_manager.register(MyScript(), name="my-script")
+        assert ts.plan(model)["layers.1"].strategy == "my_script"
+        x = torch.randn(3, 4)
+        compiled = ts.compile(model, example_inputs=(x,))
+        assert isinstance(compiled.layers[1], torch.jit.ScriptModule)
+        torch.testing.assert_close(compiled(x), model(x))
 
 
 def test_debug_env_logs_every_hook_call(monkeypatch, caplog):

@@ -241,6 +241,14 @@ def test_a_namedtuple_of_another_class_with_the_same_fields_matches():
     assert compare({"a": [_t()]}, collections.OrderedDict(a=[_t()]), DEFAULT) == (0.0, None)
 
 
+@pytest.mark.parametrize("bad", [-1e-3, float("nan"), "0.1", True])
+@pytest.mark.parametrize("option", ["atol", "rtol"])
+def test_the_callers_tolerance_must_be_a_non_negative_number(option, bad):
+    with pytest.raises(ValueError, match=rf"^{option} must be a number >= 0 or None, got {bad!r}$"):
+        ts.Engine(**{option: bad})
+    assert getattr(Tolerance(**{option: 0}), option) == 0  # zero asks for exact equality
+
+
 def test_python_floats_with_tolerance():
     assert compare(1.0, 1.0 + 1e-7, DEFAULT)[1] is None
     _, mismatch = compare((1.0,), (1.5,), DEFAULT)

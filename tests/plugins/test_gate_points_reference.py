@@ -1,4 +1,4 @@
-"""The benchmarks' reference network (benchmarks/reference_models.py: GatePoints) compiles.
+"""The benchmarks' reference network (tests/reference_models.py: GatePoints) compiles.
 
 GatePoints is BASELINES.md's reference network: e3nn's gate-points ``Convolution`` and
 ``Gate`` per layer under a scriptable top module.

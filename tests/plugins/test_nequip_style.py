@@ -1,4 +1,4 @@
-"""A realistic e3nn model: the NequIP-style network of benchmarks/reference_models.py."""
+"""A realistic e3nn model: the NequIP-style network of tests/reference_models.py."""
 
 import pytest
 import torch

@@ -10,8 +10,11 @@ from typing import Any
 
 import torch
 
-from torchstitch import Claim, ClaimKind, Engine
-from torchstitch.plugins.toolkit import as_example_args
+# torchstitch's facade re-exports this module, so it imports the modules behind the facade
+# (an import of ``torchstitch`` itself would be a cycle): it is public API, like core/api.py
+from ....core.claims import Claim, ClaimKind
+from ....core.engine import Engine
+from ....core.inputs import as_example_args
 
 __all__ = ["script", "trace", "trace_module"]
 

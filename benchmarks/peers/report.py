@@ -1,0 +1,323 @@
+"""Assemble the peers' JSON rows into the results table (``benchmarks/PEERS_RESULTS.md``).
+
+``bash .ci/peers`` runs each peer's check script in that peer's environment, then this
+(standard library only, any Python 3.10+):
+
+    python benchmarks/peers/report.py rows/mace.jsonl rows/nequip.jsonl --out benchmarks/PEERS_RESULTS.md
+
+A row is a JSON object with ``peer``, ``model``, ``section`` (the check: ``eager``,
+``torchscript``, ``torchscript_refusal``, ``export``, ``own_aoti``; ``meta`` for the
+versions and machine) and the check's fields; a row whose check timed out or crashed has
+``status`` ``timeout``/``crashed`` and a ``message``.  Unknown fields are ignored; missing
+ones show as ``-``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Row = dict[str, Any]
+Format = Callable[[Any], str]
+
+#: longest message shown in a cell (torchstitch's plan errors can be kilobytes on one line)
+MESSAGE_CHARS = 160
+
+
+def text(value: Any) -> str:
+    """A table cell: one line, pipes escaped, long messages cut."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    flat = " ".join(str(value).split()).replace("|", "\\|")
+    return flat if len(flat) <= MESSAGE_CHARS else flat[: MESSAGE_CHARS - 1] + "…"
+
+
+def code(value: Any) -> str:
+    return f"`{text(value)}`"
+
+
+def fixed(digits: int, suffix: str = "") -> Format:
+    return lambda value: f"{value:.{digits}f}{suffix}"
+
+
+def diff(value: float) -> str:
+    return "0" if value == 0 else f"{value:.1e}"
+
+
+def cell(row: Row, key: str, fmt: Format = text) -> str:
+    value = row.get(key)
+    return "-" if value is None else fmt(value)
+
+
+Columns = list[tuple[str, str, Format]]
+
+EAGER: Columns = [
+    ("model", "model", text),
+    ("atoms", "atoms", text),
+    ("edges", "edges", text),
+    ("energy", "energy", fixed(6)),
+    ("max abs force", "max_force", fixed(4)),
+    ("outputs", "outputs", lambda v: ", ".join(v)),
+    ("modules", "modules", text),
+    ("parameters", "parameters", text),
+    ("status", "status", text),
+]
+TORCHSCRIPT: Columns = [
+    ("model", "model", text),
+    ("call", "call", code),
+    ("e3nn s", "e3nn_s", fixed(3)),
+    ("torchstitch s", "torchstitch_s", fixed(3)),
+    ("ratio", "ratio", fixed(2, "x")),
+    ("identical, first call", "identical_first", text),
+    ("identical, warm", "identical_warm", text),
+    ("e3nn's own first = warm", "e3nn_stable", text),
+    ("max abs diff", "max_diff", diff),
+    ("vs eager", "vs_eager", diff),
+    ("status", "status", text),
+    ("error", "error", text),
+    ("message", "message", text),
+]
+EXPORT: Columns = [
+    ("model", "model", text),
+    ("status", "status", text),
+    ("stage", "stage", text),
+    ("error", "error", text),
+    ("path", "path", code),
+    ("first line of the message", "message", text),
+    ("export s", "build_s", fixed(1)),
+    ("export max abs diff", "export_diff", diff),
+    ("AOTI build s", "aoti_build_s", fixed(1)),
+    ("AOTI max abs diff", "aoti_diff", diff),
+]
+OWN_AOTI: Columns = [
+    ("model", "model", text),
+    ("status", "status", text),
+    ("build s", "build_s", fixed(1)),
+    ("latency atoms", "latency_atoms", text),
+    ("eager ms", "eager_ms", fixed(3)),
+    ("AOTI ms", "aoti_ms", fixed(3)),
+    ("max abs diff", "aoti_diff", diff),
+    ("stage", "stage", text),
+    ("error", "error", text),
+    ("message", "message", text),
+]
+
+
+def table(columns: Columns, rows: Iterable[Row]) -> list[str]:
+    lines = ["| " + " | ".join(header for header, _, _ in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(cell(row, key, fmt) for _, key, fmt in columns) + " |" for row in rows]
+    return lines
+
+
+def of(rows: list[Row], section: str) -> list[Row]:
+    return [row for row in rows if row.get("section") == section]
+
+
+def models(rows: list[Row]) -> list[tuple[str, str]]:
+    """(peer, model) pairs in the order the rows first name them."""
+    seen: dict[tuple[str, str], None] = {}
+    for row in rows:
+        if row.get("section") != "meta" and row.get("model"):
+            seen[(row.get("peer", "-"), row["model"])] = None
+    return list(seen)
+
+
+# -- summary ------------------------------------------------------------------------------
+
+
+def _failure(row: Row) -> str:
+    if row.get("status") in ("timeout", "crashed"):
+        return f"{row['status']}: {text(row.get('message', ''))}"
+    where = f" at {code(row['path'])}" if row.get("path") else ""
+    stage = f" ({row['stage']})" if row.get("stage") else ""
+    return f"{row.get('error', row.get('status'))}{where}{stage}"
+
+
+def _drop_in_summary(rows: list[Row]) -> str:
+    parts = []
+    for row in rows:
+        name = code(row.get("call", "?"))
+        if row.get("status") not in ("ok", "differs"):
+            parts.append(f"{name}: fails, {_failure(row)}")
+            continue
+        if row.get("identical_warm"):
+            same = "bit-identical"
+        else:
+            same = f"differs by {diff(row.get('max_diff') or 0)}"
+        if row.get("identical_warm") and not row.get("identical_first"):
+            same += " once warm"
+        ratio = f", {row['ratio']:.2f}x e3nn's compile time" if row.get("ratio") is not None else ""
+        parts.append(f"{name}: {same}{ratio}")
+    return "; ".join(parts) or "-"
+
+
+def _export_summary(rows: list[Row]) -> str:
+    parts = []
+    for row in rows:
+        if row.get("status") == "ok":
+            parts.append(f"works: max abs diff {diff(row.get('aoti_diff') or 0)} at every size")
+        elif row.get("status") == "differs":
+            worst = row.get("aoti_diff") or row.get("export_diff") or 0
+            parts.append(f"runs, differs from eager by {diff(worst)}")
+        else:
+            parts.append(f"fails: {_failure(row)}")
+    return "; ".join(parts) or "-"
+
+
+def _own_aoti_summary(rows: list[Row]) -> str:
+    parts = []
+    for row in rows:
+        if row.get("status") in ("ok", "differs"):
+            latency = ""
+            if row.get("aoti_ms") is not None and row.get("eager_ms"):
+                latency = f", {row['aoti_ms']:.3f} ms vs eager {row['eager_ms']:.3f} ms"
+            equal = "" if row["status"] == "ok" else f", differs by {diff(row.get('aoti_diff') or 0)}"
+            parts.append(f"built in {row.get('build_s', 0):.0f} s{latency}{equal}")
+        else:
+            parts.append(f"fails: {_failure(row)}")
+    return "; ".join(parts) or "-"
+
+
+def summary(rows: list[Row]) -> list[str]:
+    lines = [
+        '| model | peer | TorchScript drop-in vs e3nn.util.jit | ts.compile(target="export") + AOTI '
+        "| NequIP's own AOTI |",
+        "|---|---|---|---|---|",
+    ]
+    for peer, model in models(rows):
+        mine = [row for row in rows if row.get("peer") == peer and row.get("model") == model]
+        lines.append(
+            f"| {model} | {peer} | {_drop_in_summary(of(mine, 'torchscript'))} "
+            f"| {_export_summary(of(mine, 'export'))} | {_own_aoti_summary(of(mine, 'own_aoti'))} |"
+        )
+    return lines
+
+
+# -- the document -------------------------------------------------------------------------
+
+
+def header(rows: list[Row], date: str, commit: str | None, not_run: dict[str, str]) -> list[str]:
+    at = f" at torchstitch commit `{commit}`" if commit else ""
+    lines = [
+        "# Real peers: integration checks",
+        "",
+        f"Written by `bash .ci/peers` on {date}{at} (issue 14, item 7); the method is in the",
+        "docstrings of `benchmarks/peers/`.  Tiny float64 models built in code (no downloads), on",
+        "clusters of 6, 9 and 12 atoms; compiled models are checked against eager.  One thread;",
+        "times drift by ~25% between runs on this shared machine.",
+        "",
+    ]
+    metas = of(rows, "meta")
+    if metas:
+        lines.append(f"Machine: {metas[0].get('machine', '-')}")
+        lines.append("")
+    for meta in metas:
+        pins = ", ".join(f"{name} {version}" for name, version in meta.get("versions", {}).items())
+        lines.append(f"- `.peers/{meta.get('peer')}`: {pins}")
+    for peer, why in not_run.items():
+        lines.append(f"- `.peers/{peer}`: not run: {why}")
+    return [*lines, ""]
+
+
+def notes(rows: list[Row], section: str, key: str) -> list[str]:
+    """One bullet per distinct ``key`` of the section's rows (e.g. each model's config)."""
+    seen: dict[str, None] = {}
+    for row in of(rows, section):
+        if row.get(key):
+            seen[f"- {row.get('model', '-')}: {text(row[key])}"] = None
+    return list(seen)
+
+
+def refusals(rows: list[Row]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in of(rows, "torchscript_refusal"):
+        said = f"{row['error']}: {row.get('message', '')}" if row.get("error") else row.get("status", "")
+        seen[f"- `{row.get('tool', '-')}` ({row.get('peer')}): {row.get('status')}: {text(said)}"] = None
+    return list(seen)
+
+
+def render(
+    rows: list[Row], date: str, commit: str | None = None, not_run: dict[str, str] | None = None
+) -> str:
+    """The whole Markdown document for ``rows``."""
+    lines = header(rows, date, commit, not_run or {})
+    lines += ["## Summary", "", *summary(rows), ""]
+    lines += ["## Models and eager outputs", "", *notes(rows, "eager", "config"), ""]
+    lines += [*table(EAGER, of(rows, "eager")), ""]
+    lines += [
+        "## TorchScript drop-in",
+        "",
+        "`torchstitch.plugins.e3nn.jit.<call>` against `e3nn.util.jit.<call>` on deep copies of the",
+        "model: compile seconds (median of 3, interleaved), and whether the outputs are bit-identical",
+        "on the first call and after 3 more, at 6 and 9 atoms.  TorchScript's profiling executor",
+        "optimizes a graph after its first runs, which can change the last bits: `e3nn's own first",
+        "= warm` says whether e3nn's model does that.  e3nn's model is called first, so where it",
+        "does, a first-call difference is the executor's, not the drop-in's; `ok` means the warm",
+        "outputs are bit-identical.",
+        "",
+        *table(TORCHSCRIPT, of(rows, "torchscript")),
+        "",
+    ]
+    said = refusals(rows)
+    if said:
+        lines += ["What the peers' own tools say:", "", *said, ""]
+    lines += [
+        "## Export and AOTI through torchstitch",
+        "",
+        '`ts.compile(model, target="export", example_inputs=[set6, set9])`, then',
+        '`ts.save(compiled, "model.pt2", format="aoti")` and `ts.load`; both run on 6, 9 and 12 atoms',
+        "(12 never seen at compile time) and are compared with eager.  `stage` is where it stopped.",
+        "Each check runs in a fresh process with an empty Inductor cache.",
+        "",
+        *table(EXPORT, of(rows, "export")),
+        "",
+    ]
+    own = of(rows, "own_aoti")
+    if own:
+        lines += [
+            "## NequIP's own AOTI pipeline (reference)",
+            "",
+            "`nequip.utils.aot.aot_export_model` (what `nequip-compile --mode aotinductor` calls) on",
+            "the same model, compiled on the 6-atom system with dynamic nodes and edges, in a fresh",
+            "process with an empty Inductor cache (one-time costs included, as for torchstitch's AOTI",
+            "build above); its outputs at 6, 9 and 12 atoms against eager; latency is the median per",
+            "call at 9 atoms, one thread.",
+            "",
+            *table(OWN_AOTI, own),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def read_rows(paths: Iterable[str]) -> list[Row]:
+    """Every row of the JSON-lines files, in order."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Assemble the peers' rows into a Markdown table.")
+    parser.add_argument("rows", nargs="*", help="JSON-lines files written by the check scripts")
+    parser.add_argument("--out", required=True, help="the Markdown file to write")
+    parser.add_argument("--date", default=datetime.date.today().isoformat())
+    parser.add_argument("--commit", help="the torchstitch commit measured")
+    parser.add_argument(
+        "--not-run", action="append", default=[], metavar="PEER=WHY", help="a peer not run, and why"
+    )
+    args = parser.parse_args(argv)
+    not_run = dict(item.split("=", 1) for item in args.not_run)
+    document = render(read_rows(args.rows), args.date, args.commit, not_run)
+    with open(args.out, "w") as f:
+        f.write(document)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
