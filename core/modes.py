@@ -15,10 +15,10 @@ from collections.abc import Callable
 import torch
 
 from .claims import Claim, ClaimKind
-from .plugin_manager import default_strategy_names
+from .plugin_manager import builtin_strategy_names, default_strategy_names
 
 __all__ = [
-    "BUILTIN_MODES",
+    "builtin_modes",
     "compile_mode",
     "get_compile_mode",
     "set_compile_mode",
@@ -27,8 +27,12 @@ __all__ = [
     "known_compile_modes",
 ]
 
-#: strategy names the decorator accepts without asking the plugin manager
-BUILTIN_MODES = ("script", "trace", "unsupported", None)
+
+def builtin_modes() -> tuple[str | None, ...]:
+    """The modes known without the default plugin manager: the built-in plugins' strategy
+    names (asked of them, not listed here) and ``None``."""
+    return (*builtin_strategy_names(), None)
+
 
 # Class- and instance-level attribute written by @compile_mode / set_compile_mode.
 # Distinct from e3nn's ``__e3nn_compile_mode__`` (read by the e3nn plugin) on purpose.
@@ -40,7 +44,7 @@ _UNSET = object()
 def is_known_compile_mode(mode: object) -> bool:
     """Whether ``mode`` is ``None`` or names a strategy of the default plugin manager
     (the built-in names are known without creating it)."""
-    if mode in BUILTIN_MODES:
+    if mode in builtin_modes():
         return True
     # A plugin's strategy: only now is the default plugin manager worth creating.
     return isinstance(mode, str) and mode in default_strategy_names()
@@ -48,11 +52,11 @@ def is_known_compile_mode(mode: object) -> bool:
 
 def known_compile_modes() -> list[str]:
     """Every strategy name ``@compile_mode`` accepts (besides ``None``), sorted."""
-    return sorted(set(default_strategy_names()) | {m for m in BUILTIN_MODES if m})
+    return sorted(set(default_strategy_names()) | {m for m in builtin_modes() if m})
 
 
 def _check_mode(mode: object) -> None:
-    if mode in BUILTIN_MODES:
+    if mode in builtin_modes():
         return
     if not isinstance(mode, str):
         raise TypeError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -21,6 +22,7 @@ __all__ = [
     "PluginSet",
     "get_plugin_manager",
     "make_plugin_manager",
+    "builtin_strategy_names",
     "default_strategy_names",
 ]
 
@@ -119,6 +121,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
             if _default_pm is None:
                 _default_pm = make_plugin_manager()
     return _default_pm
+
+
+@functools.cache
+def builtin_strategy_names() -> tuple[str, ...]:
+    """Names of the strategies the built-in plugins provide, asked once per process of a
+    manager holding the built-ins alone: ``@compile_mode("script")`` checks its name
+    without loading every installed plugin (the default manager does that)."""
+    return tuple(PluginSet(make_plugin_manager(autoload=False)).strategies)
 
 
 def default_strategy_names() -> tuple[str, ...]:

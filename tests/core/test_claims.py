@@ -470,7 +470,8 @@ class TestPrecedence:
         # make "s_decorator" known there without touching the default manager
         from torchstitch.core import modes
 
-        monkeypatch.setattr(modes, "BUILTIN_MODES", (*modes.BUILTIN_MODES, "s_decorator"))
+        builtin = modes.builtin_modes()
+        monkeypatch.setattr(modes, "builtin_modes", lambda: (*builtin, "s_decorator"))
 
     @pytest.mark.parametrize(
         "override, decorator, attribute, rule, expected",
