@@ -144,8 +144,9 @@ class Planner:
         if claim is not None and self.target is not None:
             claim = self._retarget(path, claim)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-        if strategy is not None and region is not None and not self._untargetable_region(region[1]):
-            self._check_containment(module, path, claim, strategy, region)
+        if claim is not None and strategy is not None and region is not None:
+            if not self._untargetable_region(region[1]):
+                self._check_containment(module, path, claim, strategy, region)
 
         if strategy is None:
             node_region = region
@@ -247,8 +248,9 @@ class Planner:
                     child, first_path[id(child)], claims_at[id(child)], child_path, claim
                 )
             strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-            if strategy is not None and region is not None and not self._untargetable_region(region[1]):
-                self._check_containment(child, child_path, claim, strategy, region)
+            if claim is not None and strategy is not None and region is not None:
+                if not self._untargetable_region(region[1]):
+                    self._check_containment(child, child_path, claim, strategy, region)
             if strategy is None:
                 child_region = region
             elif strategy.compiles:
