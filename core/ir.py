@@ -189,6 +189,9 @@ class Plan:
 
     #: the root node
     root: Node
+    #: the colour each strategy of the plan declared (``Strategy.color``), by strategy name:
+    #: how :meth:`render` and :meth:`to_dot` draw them; not compared
+    colors: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False, converter=dict)
     #: path -> node, parents first (derived from ``root``: not compared, not shown)
     _index: dict[str, Node] = attrs.field(init=False, eq=False, repr=False)
 
@@ -243,12 +246,15 @@ class Plan:
 
     def map_nodes(self, update: Mapping[str, Node]) -> Plan:
         """A new plan with the nodes at the given paths replaced (children kept from ``update``)."""
-        return Plan(_rebuild(self.root, update))
+        return Plan(_rebuild(self.root, update), colors=self.colors)
 
     # -- output --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
+        data: dict[str, Any] = {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
+        if self.colors:  # plans saved before strategies declared colours have none
+            data["colors"] = dict(sorted(self.colors.items()))
+        return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Deterministic JSON: the same model and options give byte-identical text."""
@@ -259,7 +265,7 @@ class Plan:
         data = json.loads(text)
         if data.get("torchstitch_plan") != PLAN_FORMAT_VERSION:
             raise ValueError(f"not a torchstitch plan (version {PLAN_FORMAT_VERSION}) JSON")
-        return cls(Node.from_dict(data["root"]))
+        return cls(Node.from_dict(data["root"]), colors=data.get("colors", {}))
 
     def render(self, *, color: bool = False) -> str:
         """A text tree, one line per node: name, type, strategy, claim and outcome.
@@ -275,7 +281,7 @@ class Plan:
             branch = "" if top else ("└── " if last else "├── ")
             describe = node.describe()
             if color:
-                describe = ansi(describe, node.strategy)
+                describe = ansi(describe, node.strategy, self.colors)
             line = f"{prefix}{branch}{label} ({node.type_name}): {describe}"
             if node.outcome is not None:
                 line += f" — {_describe_outcome(node.outcome)}"
@@ -349,7 +355,7 @@ def _plan_to_dot(plan: Plan, name: str) -> str:
         used.setdefault(strategy, None)
         attributes = [
             f"label={_dot_string(_dot_label(node))}",
-            f"fillcolor={_dot_string(dot_color(strategy))}",
+            f"fillcolor={_dot_string(dot_color(strategy, plan.colors))}",
             f"tooltip={_dot_string(node.path or '<root>')}",
         ]
         if node.claim is None:
@@ -368,7 +374,8 @@ def _plan_to_dot(plan: Plan, name: str) -> str:
     for i, strategy in enumerate(used):
         text = "inherit" if strategy is None else strategy
         out.append(
-            f"    legend{i} [label={_dot_string(text)}, fillcolor={_dot_string(dot_color(strategy))}];"
+            f"    legend{i} [label={_dot_string(text)}, "
+            f"fillcolor={_dot_string(dot_color(strategy, plan.colors))}];"
         )
     out.append("  }")
     out.append("}")

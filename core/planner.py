@@ -126,7 +126,13 @@ class Planner:
                     "at every node it matches",
                     TorchstitchWarning,
                 )
-        return PlannedTree(Plan(root), modules)
+        return PlannedTree(Plan(root, colors=self._colors(claims_at.values())), modules)
+
+    def _colors(self, claims: Iterable[Claim | None]) -> dict[str, str]:
+        """The colours the plan's strategies declared, for its pictures."""
+        used = {claim.strategy for claim in claims if claim is not None}
+        strategies = self.plugins.strategies
+        return {name: strategies[name].color for name in sorted(used) if strategies[name].color}
 
     # -- the walk ----------------------------------------------------------
 
