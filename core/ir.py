@@ -220,23 +220,27 @@ class Plan:
 
     def post_order(self) -> Iterator[Node]:
         """Every node, children before parents: the order of compilation."""
-        return _postorder(self.root)
+        order: list[Node] = []
+        self.fold(lambda node, _children: order.append(node), once=False)
+        return iter(order)
 
-    def fold(self, leave: Callable[[Node, dict[str, R]], R]) -> R:
-        """Post-order over the plan, each module once: the one traversal that stitching uses.
+    def fold(self, leave: Callable[[Node, dict[str, R]], R], *, once: bool = True) -> R:
+        """Post-order over the plan: the one traversal of the IR (stitching, rendering and
+        rebuilding use it).
 
         ``leave(node, children)`` is called children first, with the results of
-        ``node``'s children by name, and returns ``node``'s result.  A node that is
-        the same module as an earlier one (``shared_with``) is not left again: its
-        result is that node's (which the walk has already left, the earlier path
-        being neither an ancestor nor later in module order).
+        ``node``'s children by name (in module order), and returns ``node``'s result.
 
+        :param once: a node that is the same module as an earlier one (``shared_with``)
+            is not left again: its result is that node's (which the walk has already
+            left, the earlier path being neither an ancestor nor later in module order).
+            ``False``: every node is left, shared ones too (for pictures of every path).
         :returns: the root's result.
         """
         results: dict[str, R] = {}
 
         def visit(node: Node) -> R:
-            if node.shared_with is not None:
+            if once and node.shared_with is not None:
                 return results[node.shared_with]
             result = leave(node, {child.name: visit(child) for child in node.children})
             results[node.path] = result
@@ -246,7 +250,17 @@ class Plan:
 
     def map_nodes(self, update: Mapping[str, Node]) -> Plan:
         """A new plan with the nodes at the given paths replaced (children kept from ``update``)."""
-        return Plan(_rebuild(self.root, update), colors=self.colors)
+
+        def leave(node: Node, children: dict[str, Node]) -> Node:
+            replaced = update.get(node.path, node)
+            if replaced.children is not node.children:
+                return replaced  # an update that brings its own children keeps them
+            kept = tuple(children.values())
+            if all(a is b for a, b in zip(kept, node.children)):
+                return replaced
+            return attrs.evolve(replaced, children=kept)
+
+        return Plan(self.fold(leave, once=False), colors=self.colors)
 
     # -- output --------------------------------------------------------------
 
@@ -274,24 +288,22 @@ class Plan:
             as in :meth:`to_dot`); for terminals only (see
             :func:`torchstitch.core.render.stream_wants_color`).
         """
-        lines: list[str] = []
 
-        def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
-            label = "<root>" if top else node.name
-            branch = "" if top else ("└── " if last else "├── ")
+        def leave(node: Node, children: dict[str, list[str]]) -> list[str]:
             describe = node.describe()
             if color:
                 describe = ansi(describe, node.strategy, self.colors)
-            line = f"{prefix}{branch}{label} ({node.type_name}): {describe}"
+            line = f"{node.name or '<root>'} ({node.type_name}): {describe}"
             if node.outcome is not None:
                 line += f" — {_describe_outcome(node.outcome)}"
-            lines.append(line)
-            child_prefix = prefix if top else prefix + ("    " if last else "│   ")
-            for i, child in enumerate(node.children):
-                visit(child, child_prefix, i == len(node.children) - 1, False)
+            lines = [line]
+            for i, child_lines in enumerate(children.values()):
+                last = i == len(children) - 1
+                lines.append(("└── " if last else "├── ") + child_lines[0])
+                lines += [("    " if last else "│   ") + rest for rest in child_lines[1:]]
+            return lines
 
-        visit(self.root, "", True, True)
-        return "\n".join(lines)
+        return "\n".join(self.fold(leave, once=False))
 
     def to_dot(self, *, name: str = "plan") -> str:
         """Graphviz DOT source: one box per node, filled by strategy (``dot -Tsvg`` draws it).
@@ -389,17 +401,3 @@ def _preorder(node: Node) -> Iterator[Node]:
         current = stack.pop()
         yield current
         stack.extend(reversed(current.children))
-
-
-def _postorder(node: Node) -> Iterator[Node]:
-    for child in node.children:
-        yield from _postorder(child)
-    yield node
-
-
-def _rebuild(node: Node, update: Mapping[str, Node]) -> Node:
-    replaced = update.get(node.path, node)
-    children = tuple(_rebuild(c, update) for c in replaced.children)
-    if all(a is b for a, b in zip(children, replaced.children)):
-        return replaced
-    return attrs.evolve(replaced, children=children)
