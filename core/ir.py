@@ -6,6 +6,7 @@ serialised to JSON and embedded in an artifact.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -192,11 +193,11 @@ class Plan:
     #: the colour each strategy of the plan declared (``Strategy.color``), by strategy name:
     #: how :meth:`render` and :meth:`to_dot` draw them; not compared
     colors: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False, converter=dict)
-    #: path -> node, parents first (derived from ``root``: not compared, not shown)
-    _index: dict[str, Node] = attrs.field(init=False, eq=False, repr=False)
 
-    @_index.default
-    def _index_by_path(self) -> dict[str, Node]:
+    @functools.cached_property
+    def _index(self) -> dict[str, Node]:
+        """Path -> node, parents first: derived from ``root`` on first use (not a field: not
+        compared, not shown), so planning a large tree does not pay for it until asked."""
         return {n.path: n for n in _preorder(self.root)}
 
     def __getitem__(self, path: str) -> Node:
