@@ -290,7 +290,9 @@ def cmd_strategies(args: argparse.Namespace) -> int:
     width = max((len(n) for n in plugin_set.strategies), default=0)
     for name, strategy in sorted(plugin_set.strategies.items()):
         provider = plugin_set.providers[name]
-        label = ansi(f"{name:<{width}}", name) if color else f"{name:<{width}}"
+        label = f"{name:<{width}}"
+        if color:
+            label = ansi(label, name, {name: strategy.color} if strategy.color else {})
         facts = [f"family {strategy.family}", f"from {provider} ({origin(provider)})"]
         if strategy.needs_inputs:
             facts.append("needs tracing inputs")

@@ -6,6 +6,7 @@ serialised to JSON and embedded in an artifact.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -189,11 +190,14 @@ class Plan:
 
     #: the root node
     root: Node
-    #: path -> node, parents first (derived from ``root``: not compared, not shown)
-    _index: dict[str, Node] = attrs.field(init=False, eq=False, repr=False)
+    #: the colour each strategy of the plan declared (``Strategy.color``), by strategy name:
+    #: how :meth:`render` and :meth:`to_dot` draw them; not compared
+    colors: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False, converter=dict)
 
-    @_index.default
-    def _index_by_path(self) -> dict[str, Node]:
+    @functools.cached_property
+    def _index(self) -> dict[str, Node]:
+        """Path -> node, parents first: derived from ``root`` on first use (not a field: not
+        compared, not shown), so planning a large tree does not pay for it until asked."""
         return {n.path: n for n in _preorder(self.root)}
 
     def __getitem__(self, path: str) -> Node:
@@ -217,23 +221,27 @@ class Plan:
 
     def post_order(self) -> Iterator[Node]:
         """Every node, children before parents: the order of compilation."""
-        return _postorder(self.root)
+        order: list[Node] = []
+        self.fold(lambda node, _children: order.append(node), once=False)
+        return iter(order)
 
-    def fold(self, leave: Callable[[Node, dict[str, R]], R]) -> R:
-        """Post-order over the plan, each module once: the one traversal that stitching uses.
+    def fold(self, leave: Callable[[Node, dict[str, R]], R], *, once: bool = True) -> R:
+        """Post-order over the plan: the one traversal of the IR (stitching, rendering and
+        rebuilding use it).
 
         ``leave(node, children)`` is called children first, with the results of
-        ``node``'s children by name, and returns ``node``'s result.  A node that is
-        the same module as an earlier one (``shared_with``) is not left again: its
-        result is that node's (which the walk has already left, the earlier path
-        being neither an ancestor nor later in module order).
+        ``node``'s children by name (in module order), and returns ``node``'s result.
 
+        :param once: a node that is the same module as an earlier one (``shared_with``)
+            is not left again: its result is that node's (which the walk has already
+            left, the earlier path being neither an ancestor nor later in module order).
+            ``False``: every node is left, shared ones too (for pictures of every path).
         :returns: the root's result.
         """
         results: dict[str, R] = {}
 
         def visit(node: Node) -> R:
-            if node.shared_with is not None:
+            if once and node.shared_with is not None:
                 return results[node.shared_with]
             result = leave(node, {child.name: visit(child) for child in node.children})
             results[node.path] = result
@@ -243,12 +251,25 @@ class Plan:
 
     def map_nodes(self, update: Mapping[str, Node]) -> Plan:
         """A new plan with the nodes at the given paths replaced (children kept from ``update``)."""
-        return Plan(_rebuild(self.root, update))
+
+        def leave(node: Node, children: dict[str, Node]) -> Node:
+            replaced = update.get(node.path, node)
+            if replaced.children is not node.children:
+                return replaced  # an update that brings its own children keeps them
+            kept = tuple(children.values())
+            if all(a is b for a, b in zip(kept, node.children)):
+                return replaced
+            return attrs.evolve(replaced, children=kept)
+
+        return Plan(self.fold(leave, once=False), colors=self.colors)
 
     # -- output --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
+        data: dict[str, Any] = {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
+        if self.colors:  # plans saved before strategies declared colours have none
+            data["colors"] = dict(sorted(self.colors.items()))
+        return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
         """Deterministic JSON: the same model and options give byte-identical text."""
@@ -259,7 +280,7 @@ class Plan:
         data = json.loads(text)
         if data.get("torchstitch_plan") != PLAN_FORMAT_VERSION:
             raise ValueError(f"not a torchstitch plan (version {PLAN_FORMAT_VERSION}) JSON")
-        return cls(Node.from_dict(data["root"]))
+        return cls(Node.from_dict(data["root"]), colors=data.get("colors", {}))
 
     def render(self, *, color: bool = False) -> str:
         """A text tree, one line per node: name, type, strategy, claim and outcome.
@@ -268,24 +289,22 @@ class Plan:
             as in :meth:`to_dot`); for terminals only (see
             :func:`torchstitch.core.render.stream_wants_color`).
         """
-        lines: list[str] = []
 
-        def visit(node: Node, prefix: str, last: bool, top: bool) -> None:
-            label = "<root>" if top else node.name
-            branch = "" if top else ("└── " if last else "├── ")
+        def leave(node: Node, children: dict[str, list[str]]) -> list[str]:
             describe = node.describe()
             if color:
-                describe = ansi(describe, node.strategy)
-            line = f"{prefix}{branch}{label} ({node.type_name}): {describe}"
+                describe = ansi(describe, node.strategy, self.colors)
+            line = f"{node.name or '<root>'} ({node.type_name}): {describe}"
             if node.outcome is not None:
                 line += f" — {_describe_outcome(node.outcome)}"
-            lines.append(line)
-            child_prefix = prefix if top else prefix + ("    " if last else "│   ")
-            for i, child in enumerate(node.children):
-                visit(child, child_prefix, i == len(node.children) - 1, False)
+            lines = [line]
+            for i, child_lines in enumerate(children.values()):
+                last = i == len(children) - 1
+                lines.append(("└── " if last else "├── ") + child_lines[0])
+                lines += [("    " if last else "│   ") + rest for rest in child_lines[1:]]
+            return lines
 
-        visit(self.root, "", True, True)
-        return "\n".join(lines)
+        return "\n".join(self.fold(leave, once=False))
 
     def to_dot(self, *, name: str = "plan") -> str:
         """Graphviz DOT source: one box per node, filled by strategy (``dot -Tsvg`` draws it).
@@ -349,7 +368,7 @@ def _plan_to_dot(plan: Plan, name: str) -> str:
         used.setdefault(strategy, None)
         attributes = [
             f"label={_dot_string(_dot_label(node))}",
-            f"fillcolor={_dot_string(dot_color(strategy))}",
+            f"fillcolor={_dot_string(dot_color(strategy, plan.colors))}",
             f"tooltip={_dot_string(node.path or '<root>')}",
         ]
         if node.claim is None:
@@ -368,7 +387,8 @@ def _plan_to_dot(plan: Plan, name: str) -> str:
     for i, strategy in enumerate(used):
         text = "inherit" if strategy is None else strategy
         out.append(
-            f"    legend{i} [label={_dot_string(text)}, fillcolor={_dot_string(dot_color(strategy))}];"
+            f"    legend{i} [label={_dot_string(text)}, "
+            f"fillcolor={_dot_string(dot_color(strategy, plan.colors))}];"
         )
     out.append("  }")
     out.append("}")
@@ -382,17 +402,3 @@ def _preorder(node: Node) -> Iterator[Node]:
         current = stack.pop()
         yield current
         stack.extend(reversed(current.children))
-
-
-def _postorder(node: Node) -> Iterator[Node]:
-    for child in node.children:
-        yield from _postorder(child)
-    yield node
-
-
-def _rebuild(node: Node, update: Mapping[str, Node]) -> Node:
-    replaced = update.get(node.path, node)
-    children = tuple(_rebuild(c, update) for c in replaced.children)
-    if all(a is b for a, b in zip(children, replaced.children)):
-        return replaced
-    return attrs.evolve(replaced, children=children)

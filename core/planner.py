@@ -99,6 +99,7 @@ class Planner:
         self.root_claim = root_claim
         self.recurse = recurse
         self._type_names: dict[type, str] = {}
+        self._compiled_types = plugin_set.compiled_types
         self._rule_hits = [0] * len(self.rules)  # nodes where the rule decided
         self._rule_matches = [0] * len(self.rules)  # nodes where it matched, decided or not
 
@@ -126,7 +127,13 @@ class Planner:
                     "at every node it matches",
                     TorchstitchWarning,
                 )
-        return PlannedTree(Plan(root), modules)
+        return PlannedTree(Plan(root, colors=self._colors(claims_at.values())), modules)
+
+    def _colors(self, claims: Iterable[Claim | None]) -> dict[str, str]:
+        """The colours the plan's strategies declared, for its pictures."""
+        used = {claim.strategy for claim in claims if claim is not None}
+        strategies = self.plugins.strategies
+        return {name: strategies[name].color for name in sorted(used) if strategies[name].color}
 
     # -- the walk ----------------------------------------------------------
 
@@ -182,13 +189,17 @@ class Planner:
         prefix = f"{path}." if path else ""
         # an already compiled module (a strategy's compiled_types) is a leaf: its children
         # are not Python modules
-        compiled = isinstance(module, self.plugins.compiled_types)
-        submodules = () if compiled else module._modules.items()
-        children = tuple(
-            self._visit(child, prefix + name, node_region, modules, first_path, claims_at)
-            for name, child in submodules
-            if child is not None
-        )
+        if isinstance(module, self._compiled_types):
+            children: tuple[Node, ...] = ()
+        else:
+            visit = self._visit
+            children = tuple(
+                [
+                    visit(child, prefix + name, node_region, modules, first_path, claims_at)
+                    for name, child in module._modules.items()
+                    if child is not None
+                ]
+            )
         return Node(
             path=path,
             type_name=self._type_name(type(module)),
@@ -265,7 +276,8 @@ class Planner:
             offers.append(self.root_claim)
         forced_inherit = False
         decided = False
-        if self.recurse or path == "":
+        asked = self.recurse or path == ""
+        if asked and self.rules:
             for i, rule in enumerate(self.rules):
                 if decided and self._rule_matches[i]:
                     continue  # only needed to tell "shadowed" from "matched nothing"
@@ -288,7 +300,7 @@ class Planner:
                     forced_inherit = True
                 else:
                     offers.append(Claim(rule.strategy, ClaimKind.OVERRIDE, f"rules[{i}] {rule!r}"))
-        if self.recurse or path == "":
+        if asked:
             for claim in self.plugins.claims(module, path):
                 if not _is_plugin_claim(claim):
                     self._bad_claim(module, path, claim)

@@ -223,13 +223,13 @@ class PluginSet:
         results = []
         plugin = None
         try:
-            for plugin, function, argnames in claimers:  # noqa: B007 (read when one raises)
-                if argnames == ("module",):
+            for plugin, function, takes in claimers:  # noqa: B007 (read when one raises)
+                if takes is _MODULE:
                     result = function(module)
-                elif argnames == ("module", "path"):
+                elif takes is _MODULE_PATH:
                     result = function(module, path)
                 else:
-                    result = function(*[{"module": module, "path": path}[name] for name in argnames])
+                    result = function(*[{"module": module, "path": path}[name] for name in takes])
                 if result is not None:
                     results.append(result)
         except StitchError:
@@ -360,7 +360,16 @@ def _plain_claimers(pm: pluggy.PluginManager) -> list[tuple[str, Any, tuple[str,
     impls = pm.hook.torchstitch_claim.get_hookimpls()
     if os.environ.get(DEBUG_ENV) or any(_is_wrapper(impl) for impl in impls):
         return None
-    return [(impl.plugin_name, impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+    forms = {_MODULE: _MODULE, _MODULE_PATH: _MODULE_PATH}  # identity checks in the hot loop
+    return [
+        (impl.plugin_name, impl.function, forms.get(tuple(impl.argnames), tuple(impl.argnames)))
+        for impl in reversed(impls)
+    ]
+
+
+#: the argument lists of claim implementations that :meth:`PluginSet.claims` calls directly
+_MODULE = ("module",)
+_MODULE_PATH = ("module", "path")
 
 
 def _is_wrapper(impl: pluggy.HookImpl) -> bool:

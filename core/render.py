@@ -2,11 +2,12 @@
 
 :meth:`Plan.render(color=True) <torchstitch.Plan.render>` and
 :meth:`Plan.to_dot() <torchstitch.Plan.to_dot>` (which draw the plan, in
-``core/ir.py``) colour with this module; it knows strategy names only, not the
-IR, so the IR can use it.  Colours are chosen by strategy name, so the same
-strategy has the same colour in the text tree and in the graph, and a plugin's
-strategy gets a stable colour of its own (from a checksum of its name, never
-``hash()``, which changes between processes).
+``core/ir.py``) colour with this module; it knows no strategy and not the IR,
+so the IR can use it.  A strategy declares its colour (``Strategy.color``, one of
+:data:`COLORS`), the planner records the declared colours in the plan, and the
+same strategy has the same colour in the text tree and in the graph.  A strategy
+that declares none gets a stable colour of its own (from a checksum of its name,
+never ``hash()``, which changes between processes).
 """
 
 from __future__ import annotations
@@ -14,54 +15,60 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TextIO
 
-__all__ = ["ansi", "ansi_code", "dot_color", "stream_wants_color"]
+__all__ = ["COLORS", "PALETTE", "ansi", "ansi_code", "dot_color", "stream_wants_color"]
 
 log = logging.getLogger(__name__)
 
-#: ANSI SGR codes of the built-in strategies; ``None`` is an inheriting node
-_ANSI_BUILTIN: dict[str | None, str] = {
-    "script": "32",  # green
-    "trace": "36",  # cyan
-    "unsupported": "31",  # red
-    None: "2",  # dim
-}
-#: for strategies plugins register, chosen by a checksum of the name
-_ANSI_PALETTE = ("35", "33", "94", "95", "92", "96")
+_NONE: Mapping[str, str] = MappingProxyType({})
 
-#: Graphviz fill colours (X11 names), same scheme as the ANSI ones
-_DOT_BUILTIN: dict[str | None, str] = {
-    "script": "palegreen",
-    "trace": "lightblue",
-    "unsupported": "lightcoral",
-    None: "white",
+#: the colours a strategy may declare (``Strategy.color``): name -> (ANSI SGR code, Graphviz fill)
+COLORS: dict[str, tuple[str, str]] = {
+    "green": ("32", "palegreen"),
+    "cyan": ("36", "lightblue"),
+    "red": ("31", "lightcoral"),
+    "magenta": ("35", "plum"),
+    "yellow": ("33", "khaki"),
+    "blue": ("94", "lightskyblue"),
+    "bright magenta": ("95", "thistle"),
+    "bright green": ("92", "darkseagreen1"),
+    "bright cyan": ("96", "paleturquoise"),
 }
-_DOT_PALETTE = ("plum", "khaki", "lightskyblue", "thistle", "darkseagreen1", "paleturquoise")
+#: for strategies that declare no colour, chosen by a checksum of the name
+PALETTE = ("magenta", "yellow", "blue", "bright magenta", "bright green", "bright cyan")
+#: an inheriting node (no strategy of its own)
+_INHERIT = ("2", "white")  # dim
 
 _RESET = "\x1b[0m"
 
 
-def _pick(strategy: str | None, builtin: dict[str | None, str], palette: tuple[str, ...]) -> str:
-    if strategy in builtin:
-        return builtin[strategy]
-    assert strategy is not None
-    return palette[zlib.crc32(strategy.encode()) % len(palette)]
+def _pick(strategy: str | None, colors: Mapping[str, str]) -> tuple[str, str]:
+    if strategy is None:
+        return _INHERIT
+    name = colors.get(strategy) or PALETTE[zlib.crc32(strategy.encode()) % len(PALETTE)]
+    return COLORS[name]
 
 
-def ansi_code(strategy: str | None) -> str:
-    """The ANSI SGR parameter for ``strategy`` (``None``: an inheriting node)."""
-    return _pick(strategy, _ANSI_BUILTIN, _ANSI_PALETTE)
+def ansi_code(strategy: str | None, colors: Mapping[str, str] = _NONE) -> str:
+    """The ANSI SGR parameter for ``strategy`` (``None``: an inheriting node).
+
+    :param colors: the colour name each strategy declared, by strategy name (a plan's
+        :attr:`~torchstitch.Plan.colors`); a strategy without one gets a palette colour.
+    """
+    return _pick(strategy, colors)[0]
 
 
-def ansi(text: str, strategy: str | None) -> str:
-    """``text`` wrapped in the ANSI colour of ``strategy``."""
-    return f"\x1b[{ansi_code(strategy)}m{text}{_RESET}"
+def ansi(text: str, strategy: str | None, colors: Mapping[str, str] = _NONE) -> str:
+    """``text`` wrapped in the ANSI colour of ``strategy`` (see :func:`ansi_code`)."""
+    return f"\x1b[{ansi_code(strategy, colors)}m{text}{_RESET}"
 
 
-def dot_color(strategy: str | None) -> str:
-    """The Graphviz fill colour of ``strategy`` (``None``: an inheriting node)."""
-    return _pick(strategy, _DOT_BUILTIN, _DOT_PALETTE)
+def dot_color(strategy: str | None, colors: Mapping[str, str] = _NONE) -> str:
+    """The Graphviz fill colour of ``strategy`` (see :func:`ansi_code`)."""
+    return _pick(strategy, colors)[1]
 
 
 def stream_wants_color(stream: TextIO) -> bool:

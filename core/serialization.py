@@ -137,8 +137,8 @@ def save(
             raise ArtifactError(
                 f"no artifact format accepts the compiled root, a {_type_name(compiled)}"
                 + (" left in Python" if strategy is None else "")
-                + f" (formats: {', '.join(sorted(known))}): claim the root 'script' or 'trace' "
-                "(torchstitch.script(model) / torchstitch.trace(model, inputs)) for TorchScript",
+                + ". Claim the root with a strategy whose artifact a format saves; formats: "
+                + "; ".join(f"{name!r}: {known[name].description}" for name in sorted(known)),
                 path="",
                 strategy=strategy,
             )

@@ -10,6 +10,7 @@ import attrs
 import torch
 
 from .errors import PlanError, StitchError
+from .render import COLORS
 from .verify import tolerance_validator
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class Strategy:
     compiled_types: tuple[type, ...] = attrs.field(default=(), converter=_types)
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
+    #: the colour of this strategy's nodes in plan pictures (one of ``core.render.COLORS``);
+    #: ``None``: a stable colour chosen from the strategy's name
+    color: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(COLORS))
+    )
     #: verification tolerance of this strategy's nodes (``|Δ| <= atol + rtol * |eager|``), for a
     #: strategy whose output cannot match eager to float32 precision (one computing in bfloat16);
     #: ``None``: by dtype.  The caller's ``atol=``/``rtol=`` win over these.

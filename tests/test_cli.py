@@ -286,7 +286,8 @@ class TestCompile:
         code, _, err = run(capsys, "compile", spec, "-o", tmp_path / "m.pt")
         assert code == 1
         assert err.startswith("torchstitch compile: ArtifactError: [at '<root>']")
-        assert "claim the root 'script' or 'trace'" in err
+        assert "Claim the root with a strategy whose artifact a format saves" in err
+        assert "'torchscript': a TorchScript archive" in err
 
 
 # --------------------------------------------------------------------------

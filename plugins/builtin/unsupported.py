@@ -19,6 +19,7 @@ STRATEGY = Strategy(
     compiles=False,
     containment_error=UnsupportedModuleError,
     description="cannot be compiled: stays in Python; an error inside a compiled region",
+    color="red",
 )
 
 

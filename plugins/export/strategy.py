@@ -325,4 +325,5 @@ STRATEGY = Strategy(
         "parent: rules=torchstitch.plugins.export.whole_model_rules()"
     ),
     description="torch.export.export (non-strict): one graph for deployment (export/AOTInductor)",
+    color="yellow",
 )

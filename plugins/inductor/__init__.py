@@ -166,6 +166,7 @@ STRATEGY = Strategy(
     compile=compile_inductor,
     can_contain={"inductor", "python"},
     description="torch.compile (regional, lazy: compiles on first call); stays a Python module",
+    color="magenta",
 )
 
 

@@ -75,11 +75,30 @@ class TestAnsi:
             f"verified on 1, max|Δ| {compiled.plan['a'].outcome.max_abs_diff:.2e}, train mode"
         )
 
-    def test_plugin_strategies_get_a_stable_colour(self):
+    def test_strategies_without_a_colour_get_a_stable_palette_colour(self):
         assert render.ansi_code("my_strategy") == render.ansi_code("my_strategy")
-        assert render.ansi_code("my_strategy") in render._ANSI_PALETTE
-        assert render.dot_color("my_strategy") in render._DOT_PALETTE
-        assert render.ansi("x", "script") == "\x1b[32mx\x1b[0m"
+        palette = {render.COLORS[name] for name in render.PALETTE}
+        assert (render.ansi_code("my_strategy"), render.dot_color("my_strategy")) in palette
+        assert render.ansi("x", "script", {"script": "green"}) == "\x1b[32mx\x1b[0m"
+
+    def test_a_strategy_declares_its_colour_and_the_plan_carries_it(self):
+        plan = ts.plan(torch.nn.Linear(2, 2), rules=[ts.Rule("mine", path="")], plugins=[Plugin()])
+        assert plan.colors == {"mine": "red"}
+        assert plan.render(color=True).startswith("<root> (torch.nn.modules.linear.Linear): \x1b[31mmine")
+        assert 'fillcolor="lightcoral"' in plan.to_dot()
+        assert ts.Plan.from_json(plan.to_json()).colors == {"mine": "red"}
+
+    def test_a_colour_must_be_one_the_renderer_knows(self):
+        with pytest.raises(ValueError, match="color"):
+            ts.Strategy("mine", family="python", compile=lambda m, c: m, color="chartreuse")
+
+
+class Plugin:
+    name = "mine"
+
+    @ts.hookimpl
+    def torchstitch_strategies(self):
+        return [ts.Strategy("mine", family="python", compile=lambda m, c: m, color="red")]
 
 
 class FakeTerminal(io.StringIO):

@@ -56,6 +56,7 @@ STRATEGY = Strategy(
     fallbacks=("trace",),
     compiled_types=(torch.jit.ScriptModule,),
     description="torch.jit.script: keeps data-dependent control flow; needs scriptable code",
+    color="green",
 )
 
 

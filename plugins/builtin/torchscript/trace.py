@@ -50,6 +50,7 @@ STRATEGY = Strategy(
     fallbacks=("script",),
     compiled_types=(torch.jit.ScriptModule,),
     description="torch.jit.trace_module: records one run; data-dependent branches are frozen",
+    color="cyan",
 )
 
 
