@@ -133,7 +133,7 @@ class Planner:
         """The colours the plan's strategies declared, for its pictures."""
         used = {claim.strategy for claim in claims if claim is not None}
         strategies = self.plugins.strategies
-        return {name: strategies[name].color for name in sorted(used) if strategies[name].color}
+        return {name: color for name in sorted(used) if (color := strategies[name].color)}
 
     # -- the walk ----------------------------------------------------------
 
