@@ -71,7 +71,7 @@ def deploy(model: torch.nn.Module, x: torch.Tensor, path: str) -> ts.Plan | None
     compiled: torch.nn.Module = ts.compile(
         model, example_inputs=(x,), rules=rules, root_strategy="script", atol=1e-6
     )
-    scripted: torch.nn.Module = ts.script(model, example_inputs=[(x,), (x[:2],)])
+    scripted: torch.nn.Module = ts.script(model, example_inputs=(x,))
     traced: torch.nn.Module = ts.trace(Features(), (x,))
     result: ts.CompileResult = ts.Engine(rules=rules).compile(model, example_inputs=(x,))
     timings: dict[str, float] = result.timings
