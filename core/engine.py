@@ -375,7 +375,11 @@ class _Run:
         # a private copy: tracing a forward that changes its inputs must not change them
         context = self._context(node, strategy, snapshot(inputs), source)
         original = self.modules[node.path]
-        self.state.restore(original)
+        # a strategy that takes tracing inputs runs the node (trace, export): from the caller's
+        # state, which it is put back to afterwards; one that does not (script) never runs it
+        runs_node = strategy.needs_inputs
+        if runs_node:
+            self.state.restore(original)
         start = time.perf_counter()
         provider = self.plugins.providers[strategy.name]
         with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
@@ -402,7 +406,8 @@ class _Run:
             )
         if strategy.compiles:
             self.state.add_compiled(original, compiled)
-        self.state.restore(original)  # tracing ran the node
+        if runs_node:
+            self.state.restore(original)
         n_verified, max_diff = 0, None
         if strategy.verify and self.options.verify and inputs:
             n_verified, max_diff = self.verifier.verify_node(node, strategy, compiled, inputs, source)

@@ -56,7 +56,9 @@ class Strategy:
     family: str = attrs.field(validator=attrs.validators.instance_of(str))
     #: ``compile(module, context) -> nn.Module``
     compile: Callable[[torch.nn.Module, CompileContext], torch.nn.Module] = attrs.field(eq=False, repr=False)
-    #: whether ``context.inputs`` must hold tracing inputs
+    #: whether ``context.inputs`` must hold tracing inputs; such a strategy may run the module
+    #: on them, so the engine starts it from the caller's buffers and puts them back after
+    #: (one without inputs must not run the module)
     needs_inputs: bool = False
     #: families of explicitly claimed descendants this strategy can contain; ``None``: any
     can_contain: frozenset[str] | None = attrs.field(default=None, converter=_frozen_names)
