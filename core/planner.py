@@ -72,8 +72,11 @@ class Planner:
     :param recurse: if false, only the root is claimed (by rules, decorators and
         plugins alike); everything below inherits.
     :param target: an artifact family (``"export"``): every claim for a compiling
-        strategy of another family is replaced by a strategy of the target family
-        that declares it ``replaces`` it; nodes with no replacement are a PlanError.
+        strategy of another family goes to a *stand-in*, a strategy of the target family
+        declaring ``replaces``: one that replaces the claimed strategy, or for a
+        ``portable`` claim the first stand-in by name; nodes with no stand-in are a
+        PlanError.  A root nothing claims goes to the first stand-in too, so a model
+        with no annotations is compiled for the target rather than left in Python.
     """
 
     def __init__(
@@ -95,6 +98,8 @@ class Planner:
                     f"{', '.join(map(repr, families))}"
                 )
         self._untargetable: list[tuple[str, Claim]] = []
+        self._stand_ins = self._target_stand_ins()
+        self._root_by_target: Claim | None = None  # the root's claim, when only the target made it
         self.rules = check_rules(rules, plugin_set)
         self.root_claim = root_claim
         self.recurse = recurse
@@ -150,8 +155,10 @@ class Planner:
         offers, claim = self._resolve(module, path)
         if claim is not None and self.target is not None:
             claim = self._retarget(path, claim)
+        elif path == "" and not offers and self._stand_ins:
+            claim = self._root_by_target = self._target_root_claim()
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-        if strategy is not None and region is not None and not self._untargetable_region(region[1]):
+        if strategy is not None and region is not None and self._must_fit(strategy, region[1]):
             self._check_containment(module, path, claim, strategy, region)
 
         if strategy is None:
@@ -258,7 +265,7 @@ class Planner:
                     child, first_path[id(child)], claims_at[id(child)], child_path, claim
                 )
             strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-            if strategy is not None and region is not None and not self._untargetable_region(region[1]):
+            if strategy is not None and region is not None and self._must_fit(strategy, region[1]):
                 self._check_containment(child, child_path, claim, strategy, region)
             if strategy is None:
                 child_region = region
@@ -353,19 +360,44 @@ class Planner:
             path=path,
         )
 
+    def _target_stand_ins(self) -> tuple[str, ...]:
+        """The target family's compiling strategies that declare ``replaces``, by name."""
+        if self.target is None:
+            return ()
+        return tuple(
+            name
+            for name, s in sorted(self.plugins.strategies.items())
+            if s.family == self.target and s.compiles and s.replaces
+        )
+
+    def _target_root_claim(self) -> Claim:
+        """The claim of a root nothing claimed: asked for the target, the caller gets it."""
+        return Claim(
+            self._stand_ins[0],
+            ClaimKind.DEFAULT,
+            f"target={self.target!r}",
+            "nothing claimed the root, so it goes to the target (claim it 'unsupported' to keep "
+            "it in Python)",
+        )
+
     def _retarget(self, path: str, claim: Claim) -> Claim:
         strategy = self.plugins.strategies[claim.strategy]
         if not strategy.compiles or strategy.family == self.target:
             return claim
-        for name in sorted(self.plugins.strategies):
-            candidate = self.plugins.strategies[name]
-            if candidate.family == self.target and claim.strategy in candidate.replaces:
-                reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
-                return attrs.evolve(
-                    claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason
-                )
-        self._untargetable.append((path, claim))
-        return claim
+        strategies = self.plugins.strategies
+        name = next((n for n in self._stand_ins if claim.strategy in strategies[n].replaces), None)
+        if name is None and claim.portable and self._stand_ins:
+            name = self._stand_ins[0]
+        if name is None:
+            self._untargetable.append((path, claim))
+            return claim
+        reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
+        return attrs.evolve(claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason)
+
+    def _must_fit(self, strategy: Strategy, region_strategy: Strategy) -> bool:
+        """Whether a node claimed ``strategy`` is checked against its region: an untargetable
+        claim, or one in an untargetable region, is reported at the end of the walk instead."""
+        return not self._untargetable_region(region_strategy) and not self._untargetable_region(strategy)
 
     def _untargetable_region(self, region_strategy: Strategy) -> bool:
         """A region whose own claim could not be retargeted: reported as untargetable
@@ -378,10 +410,11 @@ class Planner:
             for s in self.plugins.strategies.values()
             if s.family == self.target
         ]
-        lines = [f"{display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable]
+        lines = [f"  {display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable]
         first_path, first_claim = self._untargetable[0]
+        # one node per line: a real model lists dozens
         raise PlanError(
-            f"{len(lines)} node(s) cannot go to target {self.target!r}: " + "; ".join(lines) + ". "
+            f"{len(lines)} node(s) cannot go to target {self.target!r}:\n" + "\n".join(lines) + "\n"
             f"Target strategies: {', '.join(stand_ins)}. A {first_claim.strategy!r} claim usually "
             "marks data-dependent control flow: rewrite it with torch.cond, claim it 'unsupported' "
             "to keep it in Python outside the compiled regions, or override it with a Rule"
@@ -407,13 +440,19 @@ class Planner:
         if region_strategy.can_hold(strategy):
             return
         allowed = ", ".join(sorted(region_strategy.can_contain or ()))
+        why_root = ""
+        if region_path == "" and self._root_by_target is not None:
+            why_root = (
+                f"; {display_path('')} goes to target {self.target!r} only because nothing claimed "
+                "it: claim it 'unsupported' to keep it in Python"
+            )
         raise strategy.containment_error(
             f"{self._type_name(type(module))} is claimed {strategy.name!r} "
             f"(family {strategy.family!r}) but sits inside the {region_strategy.name!r} region "
             f"rooted at {display_path(region_path)}, which can only contain {allowed}. "
             f"Claim it (or an ancestor below {display_path(region_path)}) with a strategy "
             f"that {region_strategy.name!r} can contain, or stop compiling "
-            f"{display_path(region_path)} as a whole",
+            f"{display_path(region_path)} as a whole{why_root}",
             path=path,
             strategy=strategy.name,
             claimant=claim.claimant,
