@@ -99,7 +99,6 @@ class Planner:
                 )
         self._untargetable: list[tuple[str, Claim]] = []
         self._stand_ins = self._target_stand_ins()
-        self._root_by_target: Claim | None = None  # the root's claim, when only the target made it
         self.rules = check_rules(rules, plugin_set)
         self.root_claim = root_claim
         self.recurse = recurse
@@ -118,6 +117,8 @@ class Planner:
         first_path: dict[int, str] = {}
         claims_at: dict[int, Claim | None] = {}
         root = self._visit(module, "", None, modules, first_path, claims_at)
+        if self._stand_ins and all(claim is None for claim in claims_at.values()):
+            root = self._root_to_target(root)
         if self._untargetable:
             self._raise_untargetable()
         for i, rule in enumerate(self.rules):
@@ -154,9 +155,7 @@ class Planner:
         modules[path] = module
         offers, claim = self._resolve(module, path)
         if claim is not None and self.target is not None:
-            claim = self._retarget(path, claim)
-        elif path == "" and not offers and self._stand_ins:
-            claim = self._root_by_target = self._target_root_claim()
+            claim = self._retarget(path, claim, region)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
         if strategy is not None and region is not None and self._must_fit(strategy, region[1]):
             self._check_containment(module, path, claim, strategy, region)
@@ -259,7 +258,7 @@ class Planner:
             child_path = prefix + name
             _, claim = self._resolve(child, child_path)
             if claim is not None and self.target is not None:
-                claim = self._retarget(child_path, claim)
+                claim = self._retarget(child_path, claim, region)
             if id(child) in claims_at:
                 self._check_same_strategy(
                     child, first_path[id(child)], claims_at[id(child)], child_path, claim
@@ -370,20 +369,31 @@ class Planner:
             if s.family == self.target and s.compiles and s.replaces
         )
 
-    def _target_root_claim(self) -> Claim:
-        """The claim of a root nothing claimed: asked for the target, the caller gets it."""
-        return Claim(
+    def _root_to_target(self, root: Node) -> Node:
+        """A tree nothing claimed, its root claimed for the target: asked for the target
+        (a plain torchvision model), the caller gets it rather than the model in Python."""
+        claim = Claim(
             self._stand_ins[0],
             ClaimKind.DEFAULT,
             f"target={self.target!r}",
-            "nothing claimed the root, so it goes to the target (claim it 'unsupported' to keep "
-            "it in Python)",
+            "nothing in the model claims a strategy, so the root goes to the target",
         )
 
-    def _retarget(self, path: str, claim: Claim) -> Claim:
+        def leave(node: Node, children: dict[str, Node]) -> Node:
+            return attrs.evolve(node, region="", children=tuple(children.values()))
+
+        return attrs.evolve(Plan(root).fold(leave, once=False), claim=claim)
+
+    def _retarget(self, path: str, claim: Claim, region: tuple[str, Strategy] | None) -> Claim | None:
+        """``claim`` for the target family; ``None``: the node inherits (see below)."""
         strategy = self.plugins.strategies[claim.strategy]
         if not strategy.compiles or strategy.family == self.target:
             return claim
+        if claim.portable and region is not None and region[1].family == self.target:
+            # the claim only said the module *can* be compiled: the enclosing target region
+            # compiles it with its own code (e3nn's generated kernels, which the eager run
+            # may never call, need no inputs of their own)
+            return None
         strategies = self.plugins.strategies
         name = next((n for n in self._stand_ins if claim.strategy in strategies[n].replaces), None)
         if name is None and claim.portable and self._stand_ins:
@@ -440,19 +450,13 @@ class Planner:
         if region_strategy.can_hold(strategy):
             return
         allowed = ", ".join(sorted(region_strategy.can_contain or ()))
-        why_root = ""
-        if region_path == "" and self._root_by_target is not None:
-            why_root = (
-                f"; {display_path('')} goes to target {self.target!r} only because nothing claimed "
-                "it: claim it 'unsupported' to keep it in Python"
-            )
         raise strategy.containment_error(
             f"{self._type_name(type(module))} is claimed {strategy.name!r} "
             f"(family {strategy.family!r}) but sits inside the {region_strategy.name!r} region "
             f"rooted at {display_path(region_path)}, which can only contain {allowed}. "
             f"Claim it (or an ancestor below {display_path(region_path)}) with a strategy "
             f"that {region_strategy.name!r} can contain, or stop compiling "
-            f"{display_path(region_path)} as a whole{why_root}",
+            f"{display_path(region_path)} as a whole",
             path=path,
             strategy=strategy.name,
             claimant=claim.claimant,

@@ -66,9 +66,7 @@ def test_target_export_exports_trace_claims_per_node(watch):
     model = Model()
     check = watch(model)
     x = torch.randn(4, 3)
-    # the root claimed 'unsupported' stays in Python, holding the exported nodes
-    keep_root = [ts.Rule("unsupported", path="")]
-    result = ts.Engine(target="export", rules=keep_root).compile(model, example_inputs=(x,))
+    result = ts.Engine(target="export").compile(model, example_inputs=(x,))
     assert result.plan["a"].strategy == "export"
     assert "retargeted to 'export'" in result.plan["a"].claim.reason
     assert isinstance(result.module.a, ExportedModule)
