@@ -402,7 +402,9 @@ class Planner:
             self._untargetable.append((path, claim))
             return claim
         reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
-        return attrs.evolve(claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason)
+        return attrs.evolve(
+            claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason
+        )
 
     def _must_fit(self, strategy: Strategy, region_strategy: Strategy) -> bool:
         """Whether a node claimed ``strategy`` is checked against its region: an untargetable
@@ -420,7 +422,9 @@ class Planner:
             for s in self.plugins.strategies.values()
             if s.family == self.target
         ]
-        lines = [f"  {display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable]
+        lines = [
+            f"  {display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable
+        ]
         first_path, first_claim = self._untargetable[0]
         # one node per line: a real model lists dozens
         raise PlanError(
