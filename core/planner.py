@@ -75,7 +75,8 @@ class Planner:
         strategy of another family goes to a *stand-in*, a strategy of the target family
         declaring ``replaces``: one that replaces the claimed strategy, or for a
         ``portable`` claim the first stand-in by name; nodes with no stand-in are a
-        PlanError.  A root nothing claims goes to the first stand-in too, so a model
+        PlanError.  A portable claim inside a region of the target family inherits.  When
+        nothing in the tree claims anything, the root goes to the first stand-in, so a model
         with no annotations is compiled for the target rather than left in Python.
     """
 
