@@ -255,7 +255,7 @@ def _distributions(pm: pluggy.PluginManager) -> dict[str, str]:
 
 def _entry_point_dists() -> dict[str, str]:
     """Entry-point name -> ``"dist version"`` for every installed ``torchstitch`` entry point."""
-    found = {}
+    found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
             if ep.group == PROJECT:

@@ -15,6 +15,9 @@ import torch
 
 import torchstitch as ts
 
+#: the irreps of the seed model's ``o3.Norm`` (its input)
+IRREPS = "8x0e + 4x1o + 2x2e"
+
 
 def build_seed_model() -> torch.nn.Module:
     """Seed scenario 1 (DESIGN.md): ``o3.Norm`` inside a parent with a data-dependent branch."""
@@ -23,7 +26,7 @@ def build_seed_model() -> torch.nn.Module:
     class NormThenBranch(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.norm = o3.Norm("8x0e + 4x1o + 2x2e")
+            self.norm = o3.Norm(IRREPS)
 
         def forward(self, x):
             n = self.norm(x)
@@ -34,6 +37,12 @@ def build_seed_model() -> torch.nn.Module:
     return NormThenBranch()
 
 
+def _input_dim() -> int:
+    from e3nn import o3
+
+    return o3.Irreps(IRREPS).dim
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m torchstitch.demo", description=__doc__.split("\n")[0])
     parser.add_argument("-o", "--output", default="seed_model.pt", help="where to save the artifact")
@@ -41,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     model = build_seed_model().eval()
-    dim = model.norm.irreps_in.dim
+    dim = _input_dim()
     example = (torch.randn(16, dim),)
 
     result = ts.Engine().compile(

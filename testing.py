@@ -130,7 +130,7 @@ def assert_compiles(
     args = as_example_args(example_inputs)
     if args is None:
         raise TypeError("assert_compiles needs example_inputs: the args tuple (or one tensor) for forward")
-    checks = [args, *(as_example_args(c) for c in check_inputs)]
+    checks = [args, *(_check_args(c, i) for i, c in enumerate(check_inputs))]
     call_kw = {"inputs": compile_kw.pop("inputs")} if "inputs" in compile_kw else {}
     in_place = bool(compile_kw.get("in_place", False))
     atol, rtol = _tolerances(atol, rtol)
@@ -161,6 +161,13 @@ def assert_compiles(
     if not in_place:
         _assert_unchanged(module, before, "after running the compiled model")
     return result
+
+
+def _check_args(check: Any, index: int) -> tuple[Any, ...]:
+    args = as_example_args(check)
+    if args is None:
+        raise TypeError(f"check_inputs[{index}] is None: give an args tuple (or one tensor) for forward")
+    return args
 
 
 def _clone(args: tuple[Any, ...]) -> tuple[Any, ...]:

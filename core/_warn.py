@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import warnings
+from types import FrameType
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TESTS_DIR = os.path.join(_PACKAGE_DIR, "tests")
@@ -20,7 +21,7 @@ def _internal(filename: str) -> bool:
 def caller_stacklevel() -> int:
     """The ``stacklevel`` that makes ``warnings.warn`` (called by our caller) point at the
     first frame outside torchstitch (``skip_file_prefixes`` needs Python 3.12)."""
-    frame = sys._getframe(2)  # the function that will call warnings.warn
+    frame: FrameType | None = sys._getframe(2)  # the function that will call warnings.warn
     level = 1
     while frame is not None and _internal(frame.f_code.co_filename):
         frame = frame.f_back

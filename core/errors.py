@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -155,10 +156,11 @@ class VerificationError(StitchError):
     """
 
     def __init__(
-        self, message: str, *, max_abs_diff: float = float("nan"), culprits: tuple = (), **kw
+        self, message: str, *, max_abs_diff: float = float("nan"), culprits: Iterable[Any] = (), **kw
     ) -> None:
         self.max_abs_diff = max_abs_diff
-        self.culprits = tuple(culprits)
+        # Divergence (core/locate.py) is not named: errors is the bottom layer, it imports no other
+        self.culprits: tuple[Any, ...] = tuple(culprits)
         super().__init__(message, **kw)
 
 

@@ -132,6 +132,7 @@ def _put_back(slot: _Slot) -> None:
         if _layout(slot.tensor) != slot.layout:
             slot.tensor.data = slot.data
         if slot.grad is not None and _layout(slot.grad) != slot.grad_layout:
+            assert slot.grad_data is not None  # taken along with the grad
             slot.grad.data = slot.grad_data
         if slot.is_parameter and slot.tensor.grad is not slot.grad:
             slot.tensor.grad = slot.grad

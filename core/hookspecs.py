@@ -49,6 +49,7 @@ def torchstitch_strategies() -> list[Strategy]:
     :class:`~torchstitch.PluginError`.  Asked one plugin at a time: the plugin
     that returned a strategy is its provider (``torchstitch strategies``, errors).
     """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
 
 
 # --------------------------------------------------------------------------
@@ -132,6 +133,7 @@ def torchstitch_artifact_formats() -> list[ArtifactFormat]:
     ``torchstitch.load`` the one recorded in the file's metadata.  When two
     plugins offer the same name, the first registered wins.
     """
+    raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
 
 
 # --------------------------------------------------------------------------

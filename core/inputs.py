@@ -278,7 +278,7 @@ def record(
 
 
 def _deepest_module_in_traceback(exc: BaseException, modules: Mapping[str, torch.nn.Module]) -> str:
-    by_id = {}
+    by_id: dict[int, str] = {}
     for path, module in modules.items():
         by_id.setdefault(id(module), path)
     deepest = ""

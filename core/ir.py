@@ -40,6 +40,11 @@ def _parse_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _color_dict(value: Mapping[str, str]) -> dict[str, str]:
+    # typed, unlike a bare ``dict`` converter: Plan(colors=...) checks its argument
+    return dict(value)
+
+
 @attrs.frozen
 class Attempt:
     """One try of one strategy on a node (several under ``on_error="fallback"``)."""
@@ -192,7 +197,7 @@ class Plan:
     root: Node
     #: the colour each strategy of the plan declared (``Strategy.color``), by strategy name:
     #: how :meth:`render` and :meth:`to_dot` draw them; not compared
-    colors: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False, converter=dict)
+    colors: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False, converter=_color_dict)
 
     @functools.cached_property
     def _index(self) -> dict[str, Node]:
@@ -304,7 +309,8 @@ class Plan:
                 lines += [("    " if last else "│   ") + rest for rest in child_lines[1:]]
             return lines
 
-        return "\n".join(self.fold(leave, once=False))
+        lines: list[str] = self.fold(leave, once=False)
+        return "\n".join(lines)
 
     def to_dot(self, *, name: str = "plan") -> str:
         """Graphviz DOT source: one box per node, filled by strategy (``dot -Tsvg`` draws it).

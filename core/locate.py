@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -126,8 +126,8 @@ def _divergence(
     path: str,
     module: torch.nn.Module,
     twin: torch.nn.Module,
-    calls: list,
-    expected_outputs: list | None,
+    calls: Sequence[Mapping[str, tuple[Any, ...]]],
+    expected_outputs: Sequence[Any] | None,
     state: CallerState,
     tolerance: Tolerance,
 ) -> Divergence | None:

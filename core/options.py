@@ -33,6 +33,10 @@ def _options_dict(value: Mapping[str, Any] | None, option: str) -> dict[str, Any
     return dict(value)
 
 
+def _plugin_tuple(value: Iterable[object] | None) -> tuple[object, ...] | None:
+    return None if value is None else tuple(value)
+
+
 def _check_on_error(_inst, _attr, value) -> None:
     if value not in ON_ERROR:
         raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {value!r}")
@@ -52,7 +56,7 @@ class CompileOptions:
         default=(), converter=lambda r: (r,) if isinstance(r, Rule) else tuple(r)
     )
     #: plugin objects to add and ``"no:NAME"`` to block; ``None``: the default plugin manager
-    plugins: tuple[object, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    plugins: tuple[object, ...] | None = attrs.field(default=None, converter=_plugin_tuple)
     #: swap compiled children into the caller's modules once everything compiled
     in_place: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     #: claim descendants too; if false only the root is claimed

@@ -140,7 +140,7 @@ class Planner:
         """The colours the plan's strategies declared, for its pictures."""
         used = {claim.strategy for claim in claims if claim is not None}
         strategies = self.plugins.strategies
-        return {name: strategies[name].color for name in sorted(used) if strategies[name].color}
+        return {name: color for name in sorted(used) if (color := strategies[name].color)}
 
     # -- the walk ----------------------------------------------------------
 
@@ -158,8 +158,9 @@ class Planner:
         if claim is not None and self.target is not None:
             claim = self._retarget(path, claim, region)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-        if strategy is not None and region is not None and self._must_fit(strategy, region[1]):
-            self._check_containment(module, path, claim, strategy, region)
+        if claim is not None and strategy is not None and region is not None:
+            if self._must_fit(strategy, region[1]):
+                self._check_containment(module, path, claim, strategy, region)
 
         if strategy is None:
             node_region = region
@@ -265,8 +266,9 @@ class Planner:
                     child, first_path[id(child)], claims_at[id(child)], child_path, claim
                 )
             strategy = None if claim is None else self.plugins.strategies[claim.strategy]
-            if strategy is not None and region is not None and self._must_fit(strategy, region[1]):
-                self._check_containment(child, child_path, claim, strategy, region)
+            if claim is not None and strategy is not None and region is not None:
+                if self._must_fit(strategy, region[1]):
+                    self._check_containment(child, child_path, claim, strategy, region)
             if strategy is None:
                 child_region = region
             elif strategy.compiles:

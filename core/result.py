@@ -32,7 +32,7 @@ class CompileResult:
         return {
             n.path: n.outcome.max_abs_diff
             for n in self.plan.walk()
-            if n.outcome is not None and n.outcome.n_verified
+            if n.outcome is not None and n.outcome.n_verified and n.outcome.max_abs_diff is not None
         }
 
     @property

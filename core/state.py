@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeGuard
 
 import torch
 
@@ -140,10 +141,9 @@ class CallerState:
                 tensor.copy_(value)
 
 
-def _has_values(tensor: torch.Tensor | None) -> bool:
+def _has_values(tensor: torch.Tensor | None) -> TypeGuard[torch.Tensor]:
     """Whether ``tensor`` holds values to save (not ``None``, on the meta device or uninitialised)."""
-    uninitialized = torch.nn.parameter.UninitializedTensorMixin
-    return tensor is not None and not tensor.is_meta and not isinstance(tensor, uninitialized)
+    return tensor is not None and not tensor.is_meta and not torch.nn.parameter.is_lazy(tensor)
 
 
 def _same_values(tensor: torch.Tensor, value: torch.Tensor) -> bool:

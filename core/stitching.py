@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -19,6 +20,8 @@ from .state import CallerState
 __all__ = ["Stitcher", "make_shell"]
 
 log = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=torch.nn.Module)
 
 
 class Stitcher:
@@ -80,7 +83,7 @@ class Stitcher:
         return self.shells.get(id(module), (None, None))[1]
 
 
-def make_shell(module: torch.nn.Module) -> torch.nn.Module:
+def make_shell(module: _M) -> _M:
     """A new object of the module's class sharing its tensors, with its own containers.
 
     Not ``copy.copy``/``deepcopy``: those run ``__getstate__``/``__reduce__`` and

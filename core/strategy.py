@@ -3,7 +3,7 @@ handed to strategies and tracing-input providers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -22,8 +22,22 @@ __all__ = ["ArtifactFormat", "Strategy", "CompileContext", "TracingInputs"]
 TracingInputs = list[dict[str, tuple[Any, ...]]]
 
 
-def _frozen_names(value: Any) -> frozenset[str] | None:
+# Typed converters (not bare ``tuple``/``frozenset``): the signature of ``Strategy(...)``
+# that type checkers show plugin authors comes from these.
+def _frozen_names(value: Iterable[str] | None) -> frozenset[str] | None:
     return None if value is None else frozenset(value)
+
+
+def _name_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _types(value: Iterable[type]) -> tuple[type, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -49,19 +63,19 @@ class Strategy:
     #: compare the compiled module with eager on its inputs after compiling
     verify: bool = False
     #: strategies to try, in order, when this one fails under ``on_error="fallback"``
-    fallbacks: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    fallbacks: tuple[str, ...] = attrs.field(default=(), converter=_names)
     #: whether the strategy produces a compiled artifact (``False``: the node stays in Python)
     compiles: bool = True
     #: error raised at plan time when a parent cannot contain this strategy's family
     containment_error: type[StitchError] = PlanError
     #: strategies this one stands in for when its family is the compile ``target``
     #: (``export`` replaces ``trace``: one annotated model, several targets)
-    replaces: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    replaces: frozenset[str] = attrs.field(default=frozenset(), converter=_name_set)
     #: advice appended to the plan error listing nodes that cannot go to this strategy's family
     retarget_hint: str = ""
     #: classes of the modules this strategy produces: one found in the caller's model is
     #: already compiled, a leaf shared as is (TorchScript's ``ScriptModule`` for ``script``)
-    compiled_types: tuple[type, ...] = attrs.field(default=(), converter=tuple)
+    compiled_types: tuple[type, ...] = attrs.field(default=(), converter=_types)
     #: one line for ``torchstitch strategies`` and plan explanations
     description: str = ""
     #: the colour of this strategy's nodes in plan pictures (one of ``core.render.COLORS``);

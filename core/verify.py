@@ -58,6 +58,15 @@ class Mismatch:
     max_abs_diff: float
 
 
+@attrs.define
+class _Walk:
+    """What :func:`compare` gathers while it walks two outputs side by side."""
+
+    keeps_fields: tuple[str, ...]
+    largest: float = 0.0
+    mismatch: Mismatch | None = None
+
+
 def compare(
     expected: Any, actual: Any, tolerance: Tolerance, keeps_fields: Sequence[str] = ()
 ) -> tuple[float, Mismatch | None]:
@@ -74,17 +83,17 @@ def compare(
     containers differ by design (TorchScript rebuilds NamedTuples and dicts, see
     :func:`_container_kind`), and a mismatch of structure must say where it is.
     """
-    state = {"max": 0.0, "mismatch": None, "keeps_fields": tuple(keeps_fields)}
+    state = _Walk(tuple(keeps_fields))
     _compare(expected, actual, tolerance, "output", state)
-    return state["max"], state["mismatch"]
+    return state.largest, state.mismatch
 
 
-def _fail(state: dict, where: str, detail: str, diff: float = math.nan) -> None:
-    if state["mismatch"] is None:
-        state["mismatch"] = Mismatch(where, detail, diff)
+def _fail(state: _Walk, where: str, detail: str, diff: float = math.nan) -> None:
+    if state.mismatch is None:
+        state.mismatch = Mismatch(where, detail, diff)
 
 
-def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict) -> None:
+def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: _Walk) -> None:
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor):
             return _fail(state, where, f"expected a tensor, got {type(actual).__name__}")
@@ -97,9 +106,9 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
             )
         if not (expected.is_floating_point() or expected.is_complex()):
             if not torch.equal(expected, actual):
-                diff = (expected.long() - actual.long()).abs().max().item() if expected.numel() else 0
-                state["max"] = max(state["max"], float(diff))
-                _fail(state, where, "integer values differ", float(diff))
+                worst = (expected.long() - actual.long()).abs().max().item() if expected.numel() else 0
+                state.largest = max(state.largest, float(worst))
+                _fail(state, where, "integer values differ", float(worst))
             return None
         e, a = expected.detach(), actual.detach().to(expected.device)
         nan_e, nan_a = torch.isnan(e), torch.isnan(a)
@@ -113,7 +122,7 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
             return None
         diff = (e - a).abs()
         largest = float(diff.max())
-        state["max"] = max(state["max"], largest)
+        state.largest = max(state.largest, largest)
         atol, rtol = tol.for_dtype(e.dtype)
         if bool((diff > atol + rtol * e.abs()).any()):
             _fail(state, where, f"values differ by up to {largest:.3g}", largest)
@@ -121,7 +130,7 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
     kind = _container_kind(expected)
     if kind != _container_kind(actual):
         lost = kind is not None and kind[0] == "namedtuple" and isinstance(actual, tuple)
-        keeps = " or ".join(map(repr, state["keeps_fields"])) or "with a strategy that compiles its source"
+        keeps = " or ".join(map(repr, state.keeps_fields)) or "with a strategy that compiles its source"
         hint = (
             f" (a trace returns NamedTuples as plain tuples: claim the module {keeps}, "
             "which keeps the fields, or return a plain tuple)"
@@ -143,7 +152,7 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: dict
         return None
     if isinstance(expected, float) and isinstance(actual, (int, float)):
         largest = abs(expected - actual)
-        state["max"] = max(state["max"], largest)
+        state.largest = max(state.largest, largest)
         atol, rtol = tol.for_dtype(torch.float32)
         if not largest <= atol + rtol * abs(expected):
             _fail(state, where, f"{actual!r} != {expected!r}", largest)
@@ -181,8 +190,9 @@ def _container_kind(value: Any) -> tuple[str, ...] | None:
 
 
 def _shape(value: Any) -> str:
-    if isinstance(value, tuple) and isinstance(getattr(value, "_fields", None), tuple):
-        return f"a NamedTuple {type(value).__name__}({', '.join(value._fields)})"
+    fields = getattr(value, "_fields", None)
+    if isinstance(value, tuple) and isinstance(fields, tuple):
+        return f"a NamedTuple {type(value).__name__}({', '.join(fields)})"
     if isinstance(value, (tuple, list)):
         return f"a {type(value).__name__} of {len(value)}"
     if isinstance(value, dict):

@@ -342,8 +342,8 @@ def _warn_if_mode_differs(mod: torch.nn.Module, forced: str) -> None:
 def _module_device(mod: torch.nn.Module) -> torch.device:
     for tensor in mod.parameters():
         return tensor.device
-    for tensor in mod.buffers():
-        return tensor.device
+    for buffer in mod.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

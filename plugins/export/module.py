@@ -22,6 +22,8 @@ class ExportedModule(torch.nn.Module):
     :param path: the node's dotted path, for messages.
     """
 
+    source: torch.nn.Module | None  # set through ``__dict__`` (see ``__init__``)
+
     def __init__(
         self,
         program: torch.export.ExportedProgram,
@@ -56,6 +58,8 @@ class AOTIModule(torch.nn.Module):
     :param runner: what ``torch._inductor.aoti_load_package`` returned.
     :param metadata: the package's metadata (``runner.get_metadata()``).
     """
+
+    runner: Any  # set through ``__dict__``: not a submodule
 
     def __init__(self, runner: Any, metadata: dict[str, str]) -> None:
         super().__init__()

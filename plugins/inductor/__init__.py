@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from typing import cast
 
 import torch
 
@@ -47,13 +48,15 @@ __all__ = ["STRATEGY", "compile_inductor"]
 log = logging.getLogger(__name__)
 
 
-def _descendants(node: Node, strategies: Mapping[str, Strategy], families: set[str]) -> Iterator[Node]:
-    """The topmost descendants of ``node`` claimed by a strategy of one of ``families``;
-    their own subtrees are not searched."""
+def _descendants(
+    node: Node, strategies: Mapping[str, Strategy], families: set[str]
+) -> Iterator[tuple[Node, Strategy]]:
+    """The topmost descendants of ``node`` claimed by a strategy of one of ``families``, with
+    that strategy; their own subtrees are not searched."""
     for child in node.children:
         strategy = None if child.claim is None else strategies.get(child.claim.strategy)
         if strategy is not None and strategy.family in families:
-            yield child
+            yield child, strategy
         else:
             yield from _descendants(child, strategies, families)
 
@@ -65,6 +68,7 @@ def _replace_at(
     shell = make_shell(root)
     name, rest = relative[0], relative[1:]
     child = root._modules[name]
+    assert child is not None  # the path of a node of the plan
     shell._modules[name] = _replace_at(child, rest, replace) if rest else replace(child)
     return shell
 
@@ -76,7 +80,7 @@ def _disabled(module: torch.nn.Module) -> torch.nn.Module:
     return leaf
 
 
-def _region_class(cls: type, scratch: dict) -> type:
+def _region_class(cls: type[torch.nn.Module], scratch: dict) -> type:
     """``cls`` with its forward a ``torch.compiler.nested_compile_region`` (one per class and call).
 
     Higher-order ops reject inputs that alias each other (``edge_index[0]`` and
@@ -139,9 +143,9 @@ def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.
     _share_graph_module_classes(module, context.scratch)
     node, strategies = context.node, context.strategies
     prefix = f"{node.path}." if node.path else ""
-    for inner in _descendants(node, strategies, {"python", "inductor"}):
+    for inner, strategy in _descendants(node, strategies, {"python", "inductor"}):
         relative = inner.path[len(prefix) :].split(".")
-        if strategies[inner.claim.strategy].family == "python":
+        if strategy.family == "python":
             module = _replace_at(module, relative, _disabled)
             log.debug("%s runs eagerly inside the inductor region", inner.path)
         elif next(_descendants(inner, strategies, {"python"}), None) is not None:
@@ -152,7 +156,8 @@ def compile_inductor(module: torch.nn.Module, context: CompileContext) -> torch.
         else:
             module = _replace_at(module, relative, lambda m: _nested(m, context.scratch))
             log.debug("%s is a nested compile region of %s", inner.path, node.path or "<root>")
-    return torch.compile(module, **context.options)
+    # a module in gives an OptimizedModule out; torch's annotations say only "a callable"
+    return cast(torch.nn.Module, torch.compile(module, **context.options))
 
 
 STRATEGY = Strategy(

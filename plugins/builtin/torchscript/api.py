@@ -22,7 +22,7 @@ __all__ = ["script", "trace", "trace_module"]
 def _engine_and_inputs(kw: dict[str, Any]) -> tuple[Engine, dict[str, Any]]:
     if "root_strategy" in kw:
         raise TypeError("script() and trace() choose the root's strategy: root_strategy= is for compile()")
-    call = {key: kw.pop(key) for key in ("example_inputs", "inputs") if key in kw}
+    call: dict[str, Any] = {key: kw.pop(key) for key in ("example_inputs", "inputs") if key in kw}
     return Engine(**kw), call
 
 
@@ -78,7 +78,7 @@ def trace_module(
 def _trace_root(
     module: torch.nn.Module,
     method_inputs: dict[str, tuple[Any, ...]] | None,
-    checks: list[dict[str, tuple[Any, ...]]],
+    checks: list[dict[str, Any]],  # the caller's, checked with the other tracing inputs
     claimant: str,
     kw: dict[str, Any],
 ) -> torch.nn.Module:

@@ -19,8 +19,9 @@ import re
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -32,8 +33,21 @@ __all__ = ["report_torchscript_deprecations"]
 _MESSAGE = r"`torch\.jit\.(\w+)` is deprecated"
 _PATTERN = re.compile(_MESSAGE)
 
+
+class _Installation:
+    """What :func:`_install` put in place, shared by concurrent compiles (guarded by ``_lock``)."""
+
+    def __init__(self) -> None:
+        #: how many compiles are counting
+        self.depth = 0
+        #: our entry in ``warnings.filters``
+        self.filter: tuple[Any, ...] | None = None
+        #: the ``warnings.showwarning`` that ours replaced
+        self.showwarning: Callable[..., Any] | None = None
+
+
 _lock = threading.Lock()
-_installed = {"depth": 0, "filter": None, "showwarning": None}
+_installed = _Installation()
 _local = threading.local()
 
 
@@ -44,31 +58,35 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
         if match:
             counts[f"torch.jit.{match.group(1)}"] += 1
             return
-    original = _installed["showwarning"]
-    (original or warnings._showwarning_orig)(message, category, filename, lineno, file, line)
+    original = _installed.showwarning
+    if original is None:  # uninstalled meanwhile: Python's own
+        original = warnings._showwarning_orig  # type: ignore[attr-defined]  # private, not in typeshed
+    original(message, category, filename, lineno, file, line)
 
 
 def _install() -> None:
     with _lock:
-        if _installed["depth"] == 0:
+        if _installed.depth == 0:
             warnings.filterwarnings("always", message=_MESSAGE, category=DeprecationWarning)
-            _installed["filter"] = warnings.filters[0]
-            _installed["showwarning"] = warnings.showwarning
+            _installed.filter = warnings.filters[0]
+            _installed.showwarning = warnings.showwarning
             warnings.showwarning = _showwarning
-        _installed["depth"] += 1
+        _installed.depth += 1
 
 
 def _uninstall() -> None:
     with _lock:
-        _installed["depth"] -= 1
-        if _installed["depth"] == 0:
+        _installed.depth -= 1
+        if _installed.depth == 0:
             try:
-                warnings.filters.remove(_installed["filter"])
+                # a list at runtime; typeshed declares a read-only Sequence
+                warnings.filters.remove(_installed.filter)  # type: ignore[attr-defined]
             except ValueError:
                 pass  # somebody reset the filters meanwhile
             if warnings.showwarning is _showwarning:
-                warnings.showwarning = _installed["showwarning"]
-            _installed["filter"] = _installed["showwarning"] = None
+                assert _installed.showwarning is not None  # set by _install
+                warnings.showwarning = _installed.showwarning
+            _installed.filter = _installed.showwarning = None
 
 
 @contextmanager

@@ -60,7 +60,7 @@ def torchstitch_check_plan(
         return
     root = plan.root
     strategy = _root_strategy(plan, strategies)
-    if strategy is None or strategy.family != FAMILY:
+    if root.claim is None or strategy is None or strategy.family != FAMILY:
         raise PlanError(
             "freeze=True needs a TorchScript root, but the root "
             + ("stays in Python" if strategy is None else f"is claimed {strategy.name!r}")
