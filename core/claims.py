@@ -52,7 +52,14 @@ def _to_kind(value: ClaimKind | str) -> ClaimKind:
 class Claim:
     """ "This node is compiled with strategy ``strategy``", and who says so.
 
-    Plugins return claims from ``torchstitch_claim``.
+    Plugins return claims from ``torchstitch_claim``.  A claim is ``portable`` when
+    the claimant names the strategy only as *a* way to compile the module (e3nn's
+    ``script`` means "scriptable": no data-dependent control flow), not as what its
+    code needs (a user's ``@compile_mode("script")`` on a data-dependent branch).
+    Under a compile ``target`` of another family, a portable claim goes to that
+    family's stand-in strategy (one declaring ``Strategy.replaces``) even when the
+    stand-in does not replace the claimed strategy; a claim that is not portable
+    goes only to a stand-in that replaces its strategy, else the plan fails.
     """
 
     #: name of the strategy (``"script"``, ``"trace"``, a plugin's name)
@@ -63,13 +70,17 @@ class Claim:
     claimant: str = attrs.field(validator=attrs.validators.instance_of(str))
     #: why, in a few words
     reason: str = ""
+    #: whether the claimed strategy is one way to compile the module rather than a need of
+    #: its code, so that a compile ``target`` of another family may take it (see above)
+    portable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | bool]:
         return {
             "strategy": self.strategy,
             "kind": str(self.kind),
             "claimant": self.claimant,
             "reason": self.reason,
+            "portable": self.portable,
         }
 
 

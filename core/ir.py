@@ -158,7 +158,7 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Node:
-        def claim(d: Mapping[str, str] | None) -> Claim | None:
+        def claim(d: Mapping[str, Any] | None) -> Claim | None:
             return None if d is None else Claim(**d)
 
         return cls(

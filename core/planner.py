@@ -72,8 +72,12 @@ class Planner:
     :param recurse: if false, only the root is claimed (by rules, decorators and
         plugins alike); everything below inherits.
     :param target: an artifact family (``"export"``): every claim for a compiling
-        strategy of another family is replaced by a strategy of the target family
-        that declares it ``replaces`` it; nodes with no replacement are a PlanError.
+        strategy of another family goes to a *stand-in*, a strategy of the target family
+        declaring ``replaces``: one that replaces the claimed strategy, or for a
+        ``portable`` claim the first stand-in by name; nodes with no stand-in are a
+        PlanError.  A portable claim inside a region of the target family inherits.  When
+        nothing in the tree claims anything, the root goes to the first stand-in, so a model
+        with no annotations is compiled for the target rather than left in Python.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Planner:
                     f"{', '.join(map(repr, families))}"
                 )
         self._untargetable: list[tuple[str, Claim]] = []
+        self._stand_ins = self._target_stand_ins()
         self.rules = check_rules(rules, plugin_set)
         self.root_claim = root_claim
         self.recurse = recurse
@@ -113,6 +118,8 @@ class Planner:
         first_path: dict[int, str] = {}
         claims_at: dict[int, Claim | None] = {}
         root = self._visit(module, "", None, modules, first_path, claims_at)
+        if self._stand_ins and all(claim is None for claim in claims_at.values()):
+            root = self._root_to_target(root)
         if self._untargetable:
             self._raise_untargetable()
         for i, rule in enumerate(self.rules):
@@ -149,10 +156,10 @@ class Planner:
         modules[path] = module
         offers, claim = self._resolve(module, path)
         if claim is not None and self.target is not None:
-            claim = self._retarget(path, claim)
+            claim = self._retarget(path, claim, region)
         strategy = None if claim is None else self.plugins.strategies[claim.strategy]
         if claim is not None and strategy is not None and region is not None:
-            if not self._untargetable_region(region[1]):
+            if self._must_fit(strategy, region[1]):
                 self._check_containment(module, path, claim, strategy, region)
 
         if strategy is None:
@@ -253,14 +260,14 @@ class Planner:
             child_path = prefix + name
             _, claim = self._resolve(child, child_path)
             if claim is not None and self.target is not None:
-                claim = self._retarget(child_path, claim)
+                claim = self._retarget(child_path, claim, region)
             if id(child) in claims_at:
                 self._check_same_strategy(
                     child, first_path[id(child)], claims_at[id(child)], child_path, claim
                 )
             strategy = None if claim is None else self.plugins.strategies[claim.strategy]
             if claim is not None and strategy is not None and region is not None:
-                if not self._untargetable_region(region[1]):
+                if self._must_fit(strategy, region[1]):
                     self._check_containment(child, child_path, claim, strategy, region)
             if strategy is None:
                 child_region = region
@@ -355,19 +362,57 @@ class Planner:
             path=path,
         )
 
-    def _retarget(self, path: str, claim: Claim) -> Claim:
+    def _target_stand_ins(self) -> tuple[str, ...]:
+        """The target family's compiling strategies that declare ``replaces``, by name."""
+        if self.target is None:
+            return ()
+        return tuple(
+            name
+            for name, s in sorted(self.plugins.strategies.items())
+            if s.family == self.target and s.compiles and s.replaces
+        )
+
+    def _root_to_target(self, root: Node) -> Node:
+        """A tree nothing claimed, its root claimed for the target: asked for the target
+        (a plain torchvision model), the caller gets it rather than the model in Python."""
+        claim = Claim(
+            self._stand_ins[0],
+            ClaimKind.DEFAULT,
+            f"target={self.target!r}",
+            "nothing in the model claims a strategy, so the root goes to the target",
+        )
+
+        def leave(node: Node, children: dict[str, Node]) -> Node:
+            return attrs.evolve(node, region="", children=tuple(children.values()))
+
+        return attrs.evolve(Plan(root).fold(leave, once=False), claim=claim)
+
+    def _retarget(self, path: str, claim: Claim, region: tuple[str, Strategy] | None) -> Claim | None:
+        """``claim`` for the target family; ``None``: the node inherits (see below)."""
         strategy = self.plugins.strategies[claim.strategy]
         if not strategy.compiles or strategy.family == self.target:
             return claim
-        for name in sorted(self.plugins.strategies):
-            candidate = self.plugins.strategies[name]
-            if candidate.family == self.target and claim.strategy in candidate.replaces:
-                reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
-                return attrs.evolve(
-                    claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason
-                )
-        self._untargetable.append((path, claim))
-        return claim
+        if claim.portable and region is not None and region[1].family == self.target:
+            # the claim only said the module *can* be compiled: the enclosing target region
+            # compiles it with its own code (e3nn's generated kernels, which the eager run
+            # may never call, need no inputs of their own)
+            return None
+        strategies = self.plugins.strategies
+        name = next((n for n in self._stand_ins if claim.strategy in strategies[n].replaces), None)
+        if name is None and claim.portable and self._stand_ins:
+            name = self._stand_ins[0]
+        if name is None:
+            self._untargetable.append((path, claim))
+            return claim
+        reason = f"{claim.strategy!r} claim retargeted to {self.target!r}"
+        return attrs.evolve(
+            claim, strategy=name, reason=f"{reason}; {claim.reason}" if claim.reason else reason
+        )
+
+    def _must_fit(self, strategy: Strategy, region_strategy: Strategy) -> bool:
+        """Whether a node claimed ``strategy`` is checked against its region: an untargetable
+        claim, or one in an untargetable region, is reported at the end of the walk instead."""
+        return not self._untargetable_region(region_strategy) and not self._untargetable_region(strategy)
 
     def _untargetable_region(self, region_strategy: Strategy) -> bool:
         """A region whose own claim could not be retargeted: reported as untargetable
@@ -380,10 +425,13 @@ class Planner:
             for s in self.plugins.strategies.values()
             if s.family == self.target
         ]
-        lines = [f"{display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable]
+        lines = [
+            f"  {display_path(p)}: {c.strategy!r} claimed by {c.claimant}" for p, c in self._untargetable
+        ]
         first_path, first_claim = self._untargetable[0]
+        # one node per line: a real model lists dozens
         raise PlanError(
-            f"{len(lines)} node(s) cannot go to target {self.target!r}: " + "; ".join(lines) + ". "
+            f"{len(lines)} node(s) cannot go to target {self.target!r}:\n" + "\n".join(lines) + "\n"
             f"Target strategies: {', '.join(stand_ins)}. A {first_claim.strategy!r} claim usually "
             "marks data-dependent control flow: rewrite it with torch.cond, claim it 'unsupported' "
             "to keep it in Python outside the compiled regions, or override it with a Rule"

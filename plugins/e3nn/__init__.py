@@ -60,10 +60,14 @@ def torchstitch_claim(module: torch.nn.Module) -> Claim | None:
         if mode is not None:
             owner = next(k for k in cls.__mro__ if E3NN_MODE_ATTR in k.__dict__)
             where = f"{owner.__module__}.{owner.__qualname__}"
+    # e3nn's modes say how e3nn.util.jit compiles a module ('script': "scriptable"), not
+    # that its code branches on values: a compile target of another family may take them
     if mode is not None:
-        return Claim(mode, ClaimKind.ATTRIBUTE, "plugin e3nn", f"{E3NN_MODE_ATTR}={mode!r} on {where}")
+        reason = f"{E3NN_MODE_ATTR}={mode!r} on {where}"
+        return Claim(mode, ClaimKind.ATTRIBUTE, "plugin e3nn", reason, portable=True)
     if isinstance(module, torch.fx.GraphModule) and _e3nn_loaded():
-        return Claim("script", ClaimKind.RULE, "plugin e3nn", "e3nn scripts torch.fx.GraphModule code")
+        reason = "e3nn scripts torch.fx.GraphModule code"
+        return Claim("script", ClaimKind.RULE, "plugin e3nn", reason, portable=True)
     return None
 
 

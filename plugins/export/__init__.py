@@ -2,7 +2,8 @@
 
 Registered through the ``torchstitch`` entry-point group (name ``export``).
 ``ts.compile(model, example_inputs=..., target="export")`` retargets ``trace``
-claims to ``export``; see ``docs/deploying.md`` for the options and recipes.
+claims, and claims their claimant declared ``portable`` (e3nn's), to ``export``;
+see ``docs/deploying.md`` for the options and recipes.
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ STRATEGY = Strategy(
     can_contain={"export"},
     replaces={"trace"},
     retarget_hint=(
-        "If the code has no data-dependent branch (most e3nn modules), export it with its "
+        "If the code has no data-dependent branch, export it with its "
         "parent: rules=torchstitch.plugins.export.whole_model_rules()"
     ),
     description="torch.export.export (non-strict): one graph for deployment (export/AOTInductor)",

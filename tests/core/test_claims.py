@@ -220,6 +220,7 @@ class TestClaim:
             "kind": "rule",
             "claimant": "plugin x",
             "reason": "because",
+            "portable": False,
         }
 
     def test_kind_case_insensitive(self):

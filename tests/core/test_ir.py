@@ -274,6 +274,7 @@ class TestJson:
             "kind": "decorator",
             "claimant": f"@compile_mode on {Head.__module__}.Head",
             "reason": "",
+            "portable": False,
         }
         assert head["region"] == "head"
 

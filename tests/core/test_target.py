@@ -84,7 +84,7 @@ def test_nodes_with_no_stand_in_are_listed_by_path_before_compiling(watch):
     check = watch(model)
     plugin = Retrace()
     with pytest.raises(
-        ts.PlanError, match=r"cannot go to target 'fake'.*c: 'script' claimed by @compile_mode"
+        ts.PlanError, match=r"cannot go to target 'fake':\n  c: 'script' claimed by @compile_mode"
     ) as info:
         ts.compile(model, example_inputs=(torch.randn(2, 3),), plugins=[plugin], target="fake")
     assert info.value.path == "c"

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import torchstitch as ts
+from torchstitch.plugins.export import ExportedModule
 
 pytest.importorskip("e3nn")
 from e3nn import o3  # noqa: E402
@@ -90,3 +91,26 @@ def test_compiling_leaves_the_network_unchanged(watch):
     check()
     batch = data(8, seed=6)
     torch.testing.assert_close(compiled(batch), net(batch))
+
+
+def test_target_export_with_no_rules_exports_e3nns_modules(watch):
+    torch.manual_seed(0)
+    model = network()
+    check = watch(model)
+    example = data(10, seed=0)  # 18 edges
+    result = ts.Engine(target="export").compile(model, example_inputs=(example,))
+
+    conv = result.plan["layers.0.first"]
+    assert conv.strategy == "export" and conv.claim.kind is ts.ClaimKind.ATTRIBUTE
+    assert conv.claim.portable and "'script' claim retargeted to 'export'" in conv.claim.reason
+    # e3nn's claims below an export node add nothing: its tensor products are traced with it
+    assert result.plan["layers.0.first.tp"].strategy is None
+    assert result.plan["layers.0.first.tp"].region == "layers.0.first"
+    assert isinstance(result.module.layers[0].first, ExportedModule)
+    # the model itself holds claims, so its root stays in Python around the exported nodes
+    assert result.plan[""].strategy is None
+    # same sizes (the radius graph's edges too): other features on the same positions
+    for x in (example["x"], data(10, seed=1)["x"]):
+        batch = {"pos": example["pos"], "x": x}
+        torch.testing.assert_close(result.module(batch), model(batch))
+    check()
