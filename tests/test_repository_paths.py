@@ -77,7 +77,7 @@ H, W, V = "/ho" + "me", "/wo" + "rk", "ve" + "nv"
         f'subprocess.run(["{W}/{V}/bin/python", script])',
         f"cd {H}/alice/project",
         "export PATH=/ro" + "ot/.local/bin:$PATH",
-        f"/opt/conda/envs/x/.{V}/bin/python",
+        "/o" + f"pt/conda/envs/x/.{V}/bin/python",
         "/usr/lib/python3/site" + "-packages/torch",
         "C:" + "\\Users\\bob\\project",
         f"{W}/main/benchmarks/reference_models.py:174",
