@@ -203,6 +203,22 @@ def _check_initialized(tree: PlannedTree, example_args: tuple[Any, ...] | None) 
         )
 
 
+def _checked_notes(notes: Any, node: Node, strategy: Strategy, plugin: str) -> dict[str, str]:
+    """``CompileContext.notes`` after the strategy ran: text by text key, or a PluginError."""
+    bad = [key for key, value in notes.items() if not (isinstance(key, str) and isinstance(value, str))]
+    if bad:
+        raise PluginError(
+            f"strategy {strategy.name!r} wrote non-string CompileContext.notes entries {bad!r}; "
+            "notes are text for the plan",
+            plugin=plugin,
+            hook="Strategy.compile",
+            path=node.path,
+            strategy=strategy.name,
+            claimant=None if node.claim is None else node.claim.claimant,
+        )
+    return dict(notes)
+
+
 class _Run:
     """The mutable state of one compile call (never shared between calls)."""
 
@@ -420,7 +436,11 @@ class _Run:
             source,
         )
         return compiled, Outcome(
-            seconds=seconds, inputs_source=source, n_verified=n_verified, max_abs_diff=max_diff
+            seconds=seconds,
+            inputs_source=source,
+            n_verified=n_verified,
+            max_abs_diff=max_diff,
+            notes=_checked_notes(context.notes, node, strategy, self.plugins.providers[strategy.name]),
         )
 
     @contextlib.contextmanager

@@ -85,6 +85,10 @@ class Outcome:
     #: recorded run (``trace``, ``export``); ``None``: the compiled node follows
     #: ``.train()``/``.eval()`` (``script``), or nothing was compiled
     training: bool | None = None
+    #: what the strategy said about how it compiled the node, as ``(key, value)`` pairs in
+    #: the order given (``("dynamic", "atoms: pos[0], species[0]")``, ``("via", "make_fx")``);
+    #: see :attr:`~torchstitch.CompileContext.notes`
+    notes: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(v).items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +98,7 @@ class Outcome:
             "max_abs_diff": _float_or_none(self.max_abs_diff),
             "attempts": [a.to_dict() for a in self.attempts],
             "training": self.training,
+            "notes": dict(self.notes),
         }
 
     @classmethod
@@ -105,6 +110,7 @@ class Outcome:
             max_abs_diff=_parse_float(data["max_abs_diff"]),
             attempts=tuple(Attempt(**a) for a in data["attempts"]),
             training=data.get("training"),  # absent from plans saved before it was recorded
+            notes=data.get("notes", {}),
         )
 
 
@@ -331,6 +337,7 @@ def _describe_outcome(outcome: Outcome) -> str:
         parts.append(f"verified on {outcome.n_verified}, max|Δ| {outcome.max_abs_diff:.2e}")
     if outcome.training is not None:
         parts.append("train mode" if outcome.training else "eval mode")
+    parts += [f"{key}: {value}" for key, value in outcome.notes]
     failed = [a for a in outcome.attempts if a.error_type is not None]
     if failed:
         tried = ", ".join(f"{a.strategy} failed ({a.error_type})" for a in failed)

@@ -124,6 +124,11 @@ class CompileContext:
     #: per-call memo shared by every node of this compile call (and only this call):
     #: strategies key their entries by their own name, e.g. ``("inductor", ...)``
     scratch: dict[Any, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    #: what the strategy says about how it compiled this node, for the plan: it adds
+    #: entries (``context.notes["dynamic"] = "atoms: pos[0]"``); they become
+    #: :attr:`Outcome.notes <torchstitch.Outcome.notes>` and show in ``plan.render()``.
+    #: The one field a strategy writes; a failed attempt's notes are dropped.
+    notes: dict[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen
