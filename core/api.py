@@ -70,8 +70,11 @@ def compile(
     unless ``in_place=True``, and then only once everything compiled.  For timings, verification figures and
     the annotated plan use :class:`Engine` and its :class:`CompileResult`.
 
-    :param example_inputs: arguments for the root's ``forward``: run once eagerly
-        to record real inputs for traced submodules, and used to verify the result.
+    :param example_inputs: arguments for the root's ``forward`` (a tuple, or one tensor):
+        run eagerly to record real inputs for traced submodules, and used to verify the
+        result.  A list of such tuples is several input sets (``[(pos6, z6), (pos9, z9)]``):
+        each is recorded and verified, and ``target="export"`` makes every size that
+        differs between them dynamic.
     :param inputs: tracing inputs by dotted path; they beat every other source.
     :param rules: :class:`Rule` overrides, first match wins.
     :param in_place: put compiled children into the caller's modules on success.

@@ -33,7 +33,7 @@ from .errors import (
     exception_summary,
 )
 from .guard import TensorGuard
-from .inputs import Recording, as_example_args, record, snapshot
+from .inputs import Recording, as_example_sets, check_example_sets, record, snapshot
 from .ir import Attempt, Node, Outcome, Plan
 from .options import CompileOptions
 from .planner import PlannedTree, Planner
@@ -112,7 +112,9 @@ class Engine:
         """
         plugin_set = PluginSet.from_plugins(self.options.plugins)
         tree = self._plan(plugin_set, module, root_strategy)
-        as_example_args(example_inputs)
+        sets = as_example_sets(example_inputs)
+        if sets is not None:
+            check_example_sets(module, sets, example_inputs)
         tracing_inputs.caller_inputs(inputs, tree.plan)
         _check_plan(plugin_set, tree.plan, module, self.options)
         return tree.plan
@@ -128,9 +130,11 @@ class Engine:
         """Compile ``module``; the caller's model is unchanged unless ``in_place=True``
         and everything succeeded.
 
-        :param example_inputs: positional arguments for the root's ``forward``:
-            recorded once eagerly to give traced nodes real inputs, and used to
-            verify the whole compiled model.
+        :param example_inputs: positional arguments for the root's ``forward`` (a tuple,
+            or one tensor), or a list of such tuples, several input sets of different
+            sizes: each is run eagerly to record traced nodes' real inputs (a node then
+            sees a call from every set; ``export`` makes the sizes that differ dynamic),
+            and each verifies the whole compiled model.
         :param inputs: tracing inputs by path (an args tuple, ``{method: args}``
             or a list of them); they beat every other provider.
         :param root_strategy: force the root's strategy (a name, or an override
@@ -139,12 +143,14 @@ class Engine:
         start = time.perf_counter()
         plugin_set = PluginSet.from_plugins(self.options.plugins)
         tree = self._plan(plugin_set, module, root_strategy)
-        example_args = as_example_args(example_inputs)
+        example_sets = as_example_sets(example_inputs)
+        if example_sets is not None:
+            check_example_sets(module, example_sets, example_inputs)
         caller_inputs = tracing_inputs.caller_inputs(inputs, tree.plan)
         _check_plan(plugin_set, tree.plan, module, self.options)
-        _check_initialized(tree, example_args)
+        _check_initialized(tree, example_sets)
         with preserved_state(module) as state:
-            run = _Run(self.options, plugin_set, tree, example_args, caller_inputs, state)
+            run = _Run(self.options, plugin_set, tree, example_sets, caller_inputs, state)
             compiled = plugin_set.call_around("torchstitch_compile_run", plan=tree.plan, execute=run.execute)
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
@@ -178,7 +184,7 @@ def _check_plan(plugin_set: PluginSet, plan: Plan, module: torch.nn.Module, opti
     )
 
 
-def _check_initialized(tree: PlannedTree, example_args: tuple[Any, ...] | None) -> None:
+def _check_initialized(tree: PlannedTree, example_sets: list[tuple[Any, ...]] | None) -> None:
     """Refuse a lazy module (``nn.LazyLinear``, ...) whose parameters do not exist yet
     where the compile would run it (``example_inputs`` run the whole model) or compile it.
 
@@ -190,7 +196,7 @@ def _check_initialized(tree: PlannedTree, example_args: tuple[Any, ...] | None) 
     """
     for node in tree.plan.walk():
         module = tree.modules[node.path]
-        if (example_args is None and node.region is None) or not uninitialized_lazy(module):
+        if (example_sets is None and node.region is None) or not uninitialized_lazy(module):
             continue
         claim = None if node.region is None else tree.plan[node.region].claim
         raise PlanError(
@@ -227,7 +233,7 @@ class _Run:
         options: CompileOptions,
         plugins: PluginSet,
         tree: PlannedTree,
-        example_args: tuple[Any, ...] | None,
+        example_sets: list[tuple[Any, ...]] | None,
         caller_inputs: dict[str, TracingInputs],
         state: CallerState,
     ) -> None:
@@ -235,7 +241,8 @@ class _Run:
         self.plugins = plugins
         self.plan = tree.plan
         self.modules = tree.modules
-        self.example_args = example_args
+        #: the caller's ``example_inputs``, as input sets (``None``: none given)
+        self.example_sets = example_sets
         self.caller_inputs = caller_inputs
         self.recording: Recording | None = None
         #: the caller's buffers: every run starts from them
@@ -260,7 +267,7 @@ class _Run:
             self.plan,
             self.modules,
             state,
-            example_args,
+            example_sets,
             self.outcomes,
             self.compiled_paths,
             self.verified_on,
@@ -271,19 +278,8 @@ class _Run:
     def execute(self) -> torch.nn.Module:
         root = self.modules[""]
         targets = self._recording_targets()
-        if self.example_args is not None and (self.options.verify or targets):
-            self.recording = record(
-                root,
-                self.example_args,
-                targets,
-                limit=max(2, self.options.n_trace_checks),
-                modules=self.modules,
-            )
-            # the caller's modules whose buffers the recording run changed: their recorded
-            # outputs need not be what a run from the caller's state returns
-            self.verifier.recording = self.recording
-            self.verifier.stateful = self.state.changed()
-            self.state.restore()
+        if self.example_sets is not None and (self.options.verify or targets):
+            self._record(root, targets)
         try:
             result = self.stitcher.build()
         finally:
@@ -298,6 +294,24 @@ class _Run:
             if result is self.stitcher.shell_of(root):
                 result = root
         return result
+
+    def _record(self, root: torch.nn.Module, targets: dict[str, torch.nn.Module]) -> None:
+        """One eager run per input set, each from the caller's state."""
+        assert self.example_sets is not None
+        recordings = []
+        stateful: set[int] = set()
+        n = len(self.example_sets)
+        for number, args in enumerate(self.example_sets, start=1):
+            label = "example_inputs" if n == 1 else f"example_inputs set {number} (of {n})"
+            limit = max(2, self.options.n_trace_checks)
+            recordings.append(record(root, args, targets, limit=limit, modules=self.modules, label=label))
+            # the caller's modules whose buffers a recording run changed: their recorded
+            # outputs need not be what a run from the caller's state returns
+            stateful |= self.state.changed()
+            self.state.restore()
+        self.recording = Recording.merge(recordings)
+        self.verifier.recording = self.recording
+        self.verifier.stateful = stateful
 
     def _recording_targets(self) -> dict[str, torch.nn.Module]:
         targets = {}
@@ -495,7 +509,7 @@ class _Run:
             options=self.options.for_strategy(strategy.name) if strategy else {},
             inputs=inputs,
             inputs_source=source,
-            example_inputs=self.example_args,
+            example_inputs=None if self.example_sets is None else self.example_sets[0],
             caller_inputs=self.caller_inputs,
             recorded_inputs={} if self.recording is None else self.recording.inputs,
             n_trace_checks=self.options.n_trace_checks,
@@ -516,7 +530,7 @@ class _Run:
                 exc.message, path=node.path, strategy=strategy.name, claimant=claimant
             ) from None
         if found.source is None:
-            if self.example_args is None:
+            if self.example_sets is None:
                 recorded = "no example_inputs were given to record from"
             else:
                 recorded = "the eager run on example_inputs never called it"

@@ -9,13 +9,15 @@ from typing import Any
 
 import attrs
 import torch
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map_only
 
 from .errors import TracingInputsError, exception_summary
 from .strategy import TracingInputs
 
 __all__ = [
     "as_example_args",
+    "as_example_sets",
+    "check_example_sets",
     "normalize_tracing_inputs",
     "check_tracing_inputs",
     "Recording",
@@ -127,8 +129,110 @@ def as_example_args(example_inputs: Any) -> tuple[Any, ...] | None:
         return tuple(example_inputs)
     raise TypeError(
         "example_inputs must be a tuple of positional arguments for the root's forward "
-        f"(or a single tensor), got {type(example_inputs).__name__}"
+        "(or a single tensor), or a list of such tuples (several input sets), "
+        f"got {type(example_inputs).__name__}"
     )
+
+
+def as_example_sets(example_inputs: Any) -> list[tuple[Any, ...]] | None:
+    """The caller's ``example_inputs`` as a list of input sets, each the positional
+    arguments of the root's ``forward``.
+
+    A list whose every item is a tuple is several sets (``[(pos6, z6), (pos9, z9)]``);
+    anything else is one set, read by :func:`as_example_args` (a tuple, a list of
+    arguments, or a single tensor).  One set whose arguments are themselves tuples is
+    given as a tuple: ``((a, b), (c, d))``.
+    """
+    if (
+        isinstance(example_inputs, list)
+        and example_inputs
+        and all(isinstance(s, tuple) for s in example_inputs)
+    ):
+        return list(example_inputs)
+    args = as_example_args(example_inputs)
+    return None if args is None else [args]
+
+
+def check_example_sets(root: torch.nn.Module, sets: list[tuple[Any, ...]], given: Any = None) -> None:
+    """Refuse input sets that do not call the root's ``forward``, or that are not calls of
+    the same ``forward``: a different argument count, nesting, leaf type, dtype or number
+    of dimensions than the first set.
+
+    :param given: the caller's ``example_inputs`` as given, for the hint on a plain list.
+    :raises TracingInputsError: naming the set and the argument (by ``forward``'s name).
+    """
+    for number, args in enumerate(sets, start=1):
+        try:
+            inspect.signature(root.forward).bind(*args)
+        except TypeError as exc:
+            label = "example_inputs" if len(sets) == 1 else f"example_inputs set {number} (of {len(sets)})"
+            hint = ""
+            if isinstance(given, list) and len(sets) == 1:
+                hint = (
+                    "; a list is one set of arguments unless every item is a tuple: give "
+                    "several input sets as [(x6,), (x9,)]"
+                )
+            raise TracingInputsError(
+                f"{label} ({len(args)} positional argument(s)) do not fit "
+                f"{type(root).__name__}.forward{inspect.signature(root.forward)}: {exc}{hint}",
+                path="",
+            ) from exc
+    if len(sets) < 2:
+        return
+    names = _argument_names(root)
+    first = sets[0]
+    for number, other in enumerate(sets[1:], start=2):
+        if len(other) != len(first):
+            raise _set_error(number, len(sets), f"has {len(other)} argument(s) where set 1 has {len(first)}")
+        for index, (a, b) in enumerate(zip(first, other)):
+            name = names[index] if index < len(names) else f"args[{index}]"
+            problem = _structure_difference(a, b)
+            if problem is not None:
+                raise _set_error(number, len(sets), f"argument {name!r}{problem}")
+
+
+def _set_error(number: int, total: int, problem: str) -> TracingInputsError:
+    return TracingInputsError(
+        f"example_inputs set {number} (of {total}) {problem}: every set must call forward the same "
+        "way, only sizes may differ",
+        path="",
+    )
+
+
+def _argument_names(module: torch.nn.Module) -> list[str]:
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _structure_difference(a: Any, b: Any) -> str | None:
+    """How ``b`` is not shaped like ``a`` (``None``: only sizes and values differ)."""
+    leaves_a, spec_a = tree_flatten_with_path(a)
+    leaves_b, spec_b = tree_flatten_with_path(b)
+    if spec_a != spec_b:
+        return f" is nested differently than in set 1 ({_describe_nesting(a)} vs {_describe_nesting(b)})"
+    for (key, x), (_, y) in zip(leaves_a, leaves_b):
+        where = keystr(key)
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor) or (
+            not isinstance(x, torch.Tensor) and type(x) is not type(y)
+        ):
+            return f"{where} is a {type(y).__name__} where set 1 has a {type(x).__name__}"
+        if isinstance(x, torch.Tensor):
+            if x.dtype != y.dtype:
+                return f"{where} has dtype {y.dtype} where set 1 has {x.dtype}"
+            if x.dim() != y.dim():
+                return f"{where} has {y.dim()} dimension(s) where set 1 has {x.dim()}"
+    return None
+
+
+def _describe_nesting(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 def normalize_tracing_inputs(value: Any, path: str) -> TracingInputs:
@@ -192,14 +296,29 @@ def bind_positional(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple
 
 @attrs.frozen
 class Recording:
-    """What one eager run of the root on ``example_inputs`` saw."""
+    """What the eager runs of the root on ``example_inputs`` (one per input set) saw."""
 
-    #: the root's output (a snapshot)
-    root_output: Any = attrs.field(eq=False, repr=False)
+    #: the root's output on each input set (snapshots)
+    root_outputs: list[Any] = attrs.field(eq=False, repr=False)
     #: path -> distinct calls seen, as tracing inputs (``{"forward": args}``)
     inputs: dict[str, TracingInputs] = attrs.field(eq=False, repr=False)
     #: path -> the eager outputs matching ``inputs`` one for one
     outputs: dict[str, list[Any]] = attrs.field(eq=False, repr=False)
+
+    @classmethod
+    def merge(cls, recordings: list[Recording]) -> Recording:
+        """Runs on several input sets as one: their root outputs in order, and every path's
+        calls those of every run, in run order (a node traced on them sees each set)."""
+        inputs: dict[str, TracingInputs] = {}
+        outputs: dict[str, list[Any]] = {}
+        for recording in recordings:
+            for path, calls in recording.inputs.items():
+                seen = inputs.setdefault(path, [])
+                for call, output in zip(calls, recording.outputs[path]):
+                    if not any(same_inputs(call["forward"], s["forward"]) for s in seen):
+                        seen.append(call)
+                        outputs.setdefault(path, []).append(output)
+        return cls([out for r in recordings for out in r.root_outputs], inputs, outputs)
 
 
 def record(
@@ -209,18 +328,21 @@ def record(
     *,
     limit: int,
     modules: Mapping[str, torch.nn.Module],
+    label: str = "example_inputs",
 ) -> Recording:
     """Run ``root(*args)`` once, recording up to ``limit`` distinct calls of each target.
 
     Hooks are attached to the target modules for the duration of the run and
     removed in ``finally``.  If the run raises, the error names the deepest
     module whose ``forward`` was running.
+
+    :param label: what ``args`` are, for messages (``"example_inputs set 2 (of 3)"``).
     """
     try:
         inspect.signature(root.forward).bind(*args)
     except TypeError as exc:
         raise TracingInputsError(
-            f"example_inputs ({len(args)} positional argument(s)) do not fit "
+            f"{label} ({len(args)} positional argument(s)) do not fit "
             f"{type(root).__name__}.forward{inspect.signature(root.forward)}: {exc}",
             path="",
         ) from exc
@@ -268,13 +390,13 @@ def record(
         except Exception as exc:
             where = _deepest_module_in_traceback(exc, modules)
             raise TracingInputsError(
-                f"the eager run on example_inputs raised {exception_summary(exc)}",
+                f"the eager run on {label} raised {exception_summary(exc)}",
                 path=where,
             ) from exc
     finally:
         for handle in handles:
             handle.remove()
-    return Recording(snapshot(root_output), inputs, outputs)
+    return Recording([snapshot(root_output)], inputs, outputs)
 
 
 def _deepest_module_in_traceback(exc: BaseException, modules: Mapping[str, torch.nn.Module]) -> str:

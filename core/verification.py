@@ -42,7 +42,7 @@ class Verifier:
         plan: Plan,
         modules: dict[str, torch.nn.Module],
         state: CallerState,
-        example_args: tuple[Any, ...] | None,
+        example_sets: list[tuple[Any, ...]] | None,
         outcomes: dict[str, Outcome],
         compiled_paths: list[str],
         verified_on: dict[str, TracingInputs],
@@ -52,7 +52,7 @@ class Verifier:
         self.plan = plan
         self.modules = modules
         self.state = state
-        self.example_args = example_args
+        self.example_sets = example_sets
         self.outcomes = outcomes
         self.compiled_paths = compiled_paths
         self.verified_on = verified_on
@@ -133,25 +133,44 @@ class Verifier:
             ) from exc
 
     def verify_root(self, compiled: torch.nn.Module) -> None:
-        assert self.recording is not None and self.example_args is not None
-        root = self.plan.root
-        claim = root.claim
-        _check_verifiable(
-            self.recording.root_output,
-            "",
-            None if claim is None else claim.strategy,
-            None if claim is None else claim.claimant,
+        """The compiled model against eager on every input set of ``example_inputs``."""
+        assert self.recording is not None and self.example_sets is not None
+        claim = self.plan.root.claim
+        largest = 0.0
+        for number, (args, expected) in enumerate(zip(self.example_sets, self.recording.root_outputs), 1):
+            _check_verifiable(
+                expected,
+                "",
+                None if claim is None else claim.strategy,
+                None if claim is None else claim.claimant,
+            )
+            largest = max(largest, self._verify_root_on(compiled, args, expected, self._label(number)))
+        previous = self.outcomes.get("", Outcome())
+        self.outcomes[""] = attrs.evolve(
+            previous,
+            n_verified=previous.n_verified + self._sets_not_yet_verified(),
+            max_abs_diff=max(largest, previous.max_abs_diff or 0.0),
         )
+
+    def _label(self, number: int) -> str:
+        assert self.example_sets is not None
+        n = len(self.example_sets)
+        return "example_inputs" if n == 1 else f"example_inputs set {number} (of {n})"
+
+    def _verify_root_on(
+        self, compiled: torch.nn.Module, args: tuple[Any, ...], expected: Any, label: str
+    ) -> float:
+        claim = self.plan.root.claim
         self.state.restore()
         try:
             actual = self.plugins.call_around(
-                "torchstitch_verification_run", function=compiled, args=self.example_args, path=""
+                "torchstitch_verification_run", function=compiled, args=args, path=""
             )
         except Exception as exc:
-            raise self._root_raised(compiled, exc) from exc
-        diff, mismatch = compare(self.recording.root_output, actual, self._tolerance(""))
+            raise self._root_raised(compiled, args, label, exc) from exc
+        diff, mismatch = compare(expected, actual, self._tolerance(""))
         if mismatch is not None:
-            culprits = self._culprits(compiled)
+            culprits = self._culprits(compiled, args)
             if culprits:
                 where = "; ".join(str(c) for c in culprits)
                 hint = f" Compiled submodules that diverge on their own inputs (deepest): {where}"
@@ -161,7 +180,7 @@ class Verifier:
                     "how they are combined (e.g. a traced branch in a parent)"
                 )
             raise VerificationError(
-                f"the compiled model differs from eager on example_inputs at {mismatch.where}: "
+                f"the compiled model differs from eager on {label} at {mismatch.where}: "
                 f"{mismatch.detail}.{hint}",
                 culprits=culprits,
                 max_abs_diff=mismatch.max_abs_diff,
@@ -169,14 +188,9 @@ class Verifier:
                 strategy=None if claim is None else claim.strategy,
                 claimant=None if claim is None else claim.claimant,
             )
-        previous = self.outcomes.get("", Outcome())
-        self.outcomes[""] = attrs.evolve(
-            previous,
-            n_verified=previous.n_verified + (0 if self._root_verified_on_example_inputs() else 1),
-            max_abs_diff=max(diff, previous.max_abs_diff or 0.0),
-        )
+        return diff
 
-    def _culprits(self, compiled: torch.nn.Module) -> list[Divergence]:
+    def _culprits(self, compiled: torch.nn.Module, args: tuple[Any, ...]) -> list[Divergence]:
         """The deepest compiled pieces that raise, or differ from eager, on their own inputs."""
         self.state.restore()
         try:
@@ -184,7 +198,7 @@ class Verifier:
                 self.plugins,
                 self.modules[""],
                 compiled,
-                self.example_args,
+                args,
                 paths=self.compiled_paths,
                 tolerance=self._tolerance(""),
             )
@@ -192,11 +206,13 @@ class Verifier:
             log.debug("could not probe the compiled pieces", exc_info=True)
             return []
 
-    def _root_raised(self, compiled: torch.nn.Module, exc: Exception) -> VerificationError:
-        """The error for a compiled model that raised on ``example_inputs``: at the deepest
+    def _root_raised(
+        self, compiled: torch.nn.Module, args: tuple[Any, ...], label: str, exc: Exception
+    ) -> VerificationError:
+        """The error for a compiled model that raised on ``args`` (``label``): at the deepest
         compiled pieces that fail on their own inputs (a child whose unused (TorchScript)
         method runs, or whose output a Python parent cannot use), else at the root."""
-        culprits = self._culprits(compiled)
+        culprits = self._culprits(compiled, args)
         where = culprits[0].path if culprits else ""
         claim = self.plan[where].claim
         summary = exception_summary(exc)
@@ -211,7 +227,7 @@ class Verifier:
         else:
             hint = ""  # the root itself, and none of its compiled children
         return VerificationError(
-            f"the compiled model raised on example_inputs: {summary}"
+            f"the compiled model raised on {label}: {summary}"
             + ("" if summary.endswith(".") else ".")
             + hint,
             culprits=culprits,
@@ -220,12 +236,12 @@ class Verifier:
             claimant=None if claim is None else claim.claimant,
         )
 
-    def _root_verified_on_example_inputs(self) -> bool:
-        """Whether the root's own check already ran on ``example_inputs`` (a traced root's
-        recorded input is ``example_inputs``): the plan counts distinct inputs."""
-        return any(
-            same_inputs(call.get("forward"), self.example_args) for call in self.verified_on.get("", ())
-        )
+    def _sets_not_yet_verified(self) -> int:
+        """How many input sets the root's own check did not already run on (a traced root's
+        recorded inputs are ``example_inputs``): the plan counts distinct inputs."""
+        assert self.example_sets is not None
+        done = [call.get("forward") for call in self.verified_on.get("", ())]
+        return sum(1 for args in self.example_sets if not any(same_inputs(d, args) for d in done))
 
     def _tolerance(self, path: str, strategy: Strategy | None = None) -> Tolerance:
         """Verification's tolerance at ``path``: the caller's ``atol``/``rtol``, else the loosest
