@@ -58,8 +58,9 @@ class Claim:
     code needs (a user's ``@compile_mode("script")`` on a data-dependent branch).
     Under a compile ``target`` of another family, a portable claim goes to that
     family's stand-in strategy (one declaring ``Strategy.replaces``) even when the
-    stand-in does not replace the claimed strategy; a claim that is not portable
-    goes only to a stand-in that replaces its strategy, else the plan fails.
+    stand-in does not replace the claimed strategy, and inside a region of the target it
+    inherits; a claim that is not portable goes only to a stand-in that replaces its
+    strategy (else the plan fails), and its node is compiled on its own.
     """
 
     #: name of the strategy (``"script"``, ``"trace"``, a plugin's name)

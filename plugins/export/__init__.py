@@ -1,8 +1,8 @@
 """torch.export integration: the ``export`` strategy and the ``export`` / ``aoti`` artifact formats.
 
 Registered through the ``torchstitch`` entry-point group (name ``export``).
-``ts.compile(model, example_inputs=..., target="export")`` retargets ``trace``
-claims, and claims their claimant declared ``portable`` (e3nn's), to ``export``;
+``ts.compile(model, example_inputs=..., target="export")`` retargets ``script`` and
+``trace`` claims, and claims their claimant declared ``portable`` (e3nn's), to ``export``;
 see ``docs/deploying.md`` for the options and recipes.
 """
 

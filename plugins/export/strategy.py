@@ -319,7 +319,10 @@ STRATEGY = Strategy(
     needs_inputs=True,
     verify=True,
     can_contain={"export"},
-    replaces={"trace"},
+    # a script or trace claim says the module compiles to one program; under
+    # target="export" it is exported instead, at its own node unless its claim is portable
+    # (then an enclosing export inlines it): real data-dependent code fails there, at its path
+    replaces={"trace", "script"},
     retarget_hint=(
         "If the code has no data-dependent branch, export it with its "
         "parent: rules=torchstitch.plugins.export.whole_model_rules()"

@@ -60,9 +60,21 @@ def test_a_third_party_portable_claim_goes_to_export(watch):
     check()
 
 
-def test_the_same_claim_not_portable_is_refused():
-    with pytest.raises(ts.PlanError, match=r"1 node\(s\) cannot go to target 'export':\n  inner: 'script'"):
-        ts.plan(Holder(Scaled()), target="export", plugins=[Claims(portable=False)])
+@pytest.mark.parametrize("portable", [False, True])
+def test_inside_an_export_region_only_a_portable_claim_is_inlined(portable):
+    """A portable claim only said the module *can* be compiled: the enclosing export inlines
+    it. One that is not is exported at its own node first, so a failure is reported there."""
+    plan = ts.plan(
+        Holder(Scaled()),
+        target="export",
+        plugins=[Claims(portable=portable)],
+        rules=[ts.Rule("export", path="")],
+    )
+    assert plan["inner"].region == ("" if portable else "inner")
+    assert (plan["inner"].claim is None) is portable
+    if not portable:
+        assert plan["inner"].strategy == "export"
+        assert "'script' claim retargeted to 'export'" in plan["inner"].claim.reason
 
 
 def test_a_model_nothing_claims_is_exported_at_the_root(watch):
