@@ -100,8 +100,12 @@ class InputSpec:
     def to_json(self) -> str:
         """The spec as JSON (the structure is not included: a package keeps its own)."""
         leaves = [
-            {"path": leaf.path, "dtype": str(leaf.dtype).removeprefix("torch."), "device": str(leaf.device),
-             "shape": list(leaf.shape)}
+            {
+                "path": leaf.path,
+                "dtype": str(leaf.dtype).removeprefix("torch."),
+                "device": str(leaf.device),
+                "shape": list(leaf.shape),
+            }
             if isinstance(leaf, TensorLeaf)
             else {"path": leaf.path, "value": leaf.value}
             for leaf in self.leaves
@@ -114,14 +118,20 @@ class InputSpec:
         """The spec :meth:`to_json` wrote, with the structure ``in_spec``."""
         data = json.loads(text)
         leaves = tuple(
-            TensorLeaf(leaf["path"], getattr(torch, leaf["dtype"]), torch.device(leaf["device"]),
-                       tuple(leaf["shape"]))
+            TensorLeaf(
+                leaf["path"],
+                getattr(torch, leaf["dtype"]),
+                torch.device(leaf["device"]),
+                tuple(leaf["shape"]),
+            )
             if "dtype" in leaf
             else ConstantLeaf(leaf["path"], leaf["value"])
             for leaf in data["leaves"]
         )
         if len(leaves) != in_spec.num_leaves:
-            raise ValueError(f"the input spec has {len(leaves)} leaves, the package's structure {in_spec.num_leaves}")
+            raise ValueError(
+                f"the input spec has {len(leaves)} leaves, the package's structure {in_spec.num_leaves}"
+            )
         ranges = {symbol: (lower, upper) for symbol, (lower, upper) in data["ranges"].items()}
         return cls(in_spec, tuple(data["names"]), leaves, ranges, where)
 
@@ -155,7 +165,9 @@ class InputSpec:
             self._check_expression(path, axis, expression, actual, sizes)
         return args, kwargs, flat
 
-    def _bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def _bind(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` in the form the program was exported with: arguments it took by
         position moved out of ``kwargs``, keyword arguments in its order."""
         if not kwargs:
@@ -211,14 +223,15 @@ class InputSpec:
                 continue
             self._check_symbol(leaf.path, axis, expected, actual, sizes)
 
-    def _check_symbol(self, path: str, axis: int, symbol: str, actual: int, sizes: dict[str, tuple[int, str]]) -> None:
+    def _check_symbol(
+        self, path: str, axis: int, symbol: str, actual: int, sizes: dict[str, tuple[int, str]]
+    ) -> None:
         where = f"{path} dim {axis}"
         seen = sizes.get(symbol)
         if seen is not None:
             if seen[0] != actual:
                 raise self._error(
-                    f"input {where} is {actual}, but {seen[1]} is {seen[0]}: the export made them "
-                    "one size",
+                    f"input {where} is {actual}, but {seen[1]} is {seen[0]}: the export made them one size",
                     path,
                 )
             return
@@ -400,17 +413,24 @@ def _structure_problem(
     exported_args, exported_kwargs = _child(spec.in_spec, 0), _child(spec.in_spec, 1)
     n_args = exported_args.num_children
     if len(args) != n_args:
-        message = f"{_args_text(spec.names[:n_args])} was exported with {n_args} positional inputs, got {len(args)}"
+        message = (
+            f"{_args_text(spec.names[:n_args])} was exported with {n_args} positional inputs, got {len(args)}"
+        )
         return message, None
     expected_kwargs = list(exported_kwargs.context or ())
     if set(kwargs) != set(expected_kwargs):
         missing = sorted(set(expected_kwargs) - set(kwargs))
         extra = sorted(set(kwargs) - set(expected_kwargs))
-        message = f"keyword inputs do not fit the export (missing: {missing or 'none'}, unexpected: {extra or 'none'})"
+        message = (
+            "keyword inputs do not fit the export "
+            f"(missing: {missing or 'none'}, unexpected: {extra or 'none'})"
+        )
         return message, None
     given = [*args, *(kwargs[name] for name in expected_kwargs)]
-    expected = [*(_child(exported_args, i) for i in range(n_args)),
-                *(_child(exported_kwargs, i) for i in range(len(expected_kwargs)))]
+    expected = [
+        *(_child(exported_args, i) for i in range(n_args)),
+        *(_child(exported_kwargs, i) for i in range(len(expected_kwargs))),
+    ]
     for name, value, structure in zip(spec.names, given, expected):
         problem = _difference(value, structure, name)
         if problem is not None:
@@ -424,7 +444,11 @@ def _difference(value: Any, structure: pytree.TreeSpec, path: str) -> tuple[str,
         return None
     if structure.type is dict and isinstance(value, dict) and set(value) == set(structure.context):
         parts = [(value[key], f"{path}[{key!r}]") for key in structure.context]
-    elif structure.type in (tuple, list) and type(value) is structure.type and len(value) == structure.num_children:
+    elif (
+        structure.type in (tuple, list)
+        and type(value) is structure.type
+        and len(value) == structure.num_children
+    ):
         parts = [(item, f"{path}[{i}]") for i, item in enumerate(value)]
     else:
         return f"input {path} is {_describe(value)}, but the export takes {_describe_spec(structure)}", path

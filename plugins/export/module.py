@@ -127,8 +127,11 @@ def _read_input_spec(
     try:
         return InputSpec.from_program(program, names=names, where=path)
     except Exception:  # an unusual program must still run; it only goes unchecked
-        log.warning("%s: the exported inputs could not be read; calls will not be checked", path or "<root>",
-                    exc_info=True)
+        log.warning(
+            "%s: the exported inputs could not be read; calls will not be checked",
+            path or "<root>",
+            exc_info=True,
+        )
         return None
 
 
