@@ -83,8 +83,8 @@ class InputSpec:
         """Read the spec from ``program``.
 
         :param names: ``forward``'s argument names when the program's own are not the
-            user's (a ``make_fx`` graph takes ``arg0_1, ...``); ignored when their
-            number differs from the positional arguments the program was exported with.
+            user's (a ``make_fx`` graph takes ``arg0_1, ...``); ignored when fewer than
+            the positional arguments the program was exported with.
         """
         in_spec = program.call_spec.in_spec
         own = program.module_call_graph[0].signature
@@ -210,7 +210,7 @@ class InputSpec:
                 leaf.path,
             )
         for axis, (expected, actual) in enumerate(zip(leaf.shape, shape)):
-            if expected == actual or not isinstance(actual, int):  # a SymInt: traced, not called
+            if not isinstance(actual, int) or expected == actual:  # a SymInt: traced, not called
                 continue
             if isinstance(expected, int):
                 raise self._error(
