@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
     from .core.errors import (
         AmbiguousClaimError,
         ArtifactError,
+        InputSpecError,
         NodeCompileError,
         PlanError,
         PluginError,
@@ -98,6 +99,7 @@ _LAZY: dict[str, str] = {
     "Engine": ".core.engine",
     "AmbiguousClaimError": ".core.errors",
     "ArtifactError": ".core.errors",
+    "InputSpecError": ".core.errors",
     "NodeCompileError": ".core.errors",
     "PlanError": ".core.errors",
     "PluginError": ".core.errors",
@@ -154,6 +156,7 @@ __all__ = [
     "CompileOptions",
     "CompileResult",
     "Engine",
+    "InputSpecError",
     "Node",
     "NodeCompileError",
     "Outcome",

@@ -16,6 +16,7 @@ __all__ = [
     "VerificationError",
     "PluginError",
     "ArtifactError",
+    "InputSpecError",
     "TorchstitchWarning",
     "TorchScriptDeprecationWarning",
     "display_path",
@@ -191,6 +192,25 @@ class ArtifactError(StitchError, OSError):
     def __str__(self) -> str:
         # OSError's own str() would show "[Errno N] strerror: filename" instead of the message
         return Exception.__str__(self)
+
+
+class InputSpecError(StitchError, ValueError, TypeError):
+    """A call's inputs do not fit what an exported model was built for.
+
+    Raised by a module ``torch.export`` made (an ``ExportedModule``, compiled or
+    loaded) and by a loaded AOTInductor package before they run: the message names
+    the input by ``forward``'s argument name and pytree path (``data['pos']``), and
+    says what the export takes (the dimension's range, its fixed size, the dtype,
+    the device, the structure). A size out of range is what a ``ValueError`` stands
+    for, a wrong type or structure what a ``TypeError`` does: it is both.
+
+    :ivar input: the input at fault (``data['pos']``), or ``None`` for the structure
+        of the call as a whole.
+    """
+
+    def __init__(self, message: str, *, input: str | None = None, **kw) -> None:
+        self.input = input
+        super().__init__(message, **kw)
 
 
 class TorchstitchWarning(UserWarning):

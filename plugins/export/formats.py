@@ -3,8 +3,10 @@
 Both need an ``export`` root (an :class:`ExportedModule`). Each embeds the plan
 and torchstitch's metadata as extra files; ``aoti`` also records, in the
 package metadata that C++ reads with ``AOTIModelPackageLoader::get_metadata()``,
-the input and output names and the custom operators the model calls with the
-libraries that define them.
+the input and output names, the custom operators the model calls with the
+libraries that define them, the torch that built it and what its inputs must be
+(:class:`~torchstitch.plugins.export.guards.InputSpec`). Loading a package checks
+the torch version, loads the libraries, and the loaded module checks every call.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zipfile
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from torchstitch import ArtifactError, ArtifactFormat
 from torchstitch.plugins.toolkit import META_FILE, PLAN_FILE
 
+from .guards import InputSpec
 from .module import AOTIModule, ExportedModule
 
 __all__ = ["EXPORT_FORMAT", "AOTI_FORMAT", "custom_ops", "package_metadata"]
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 TORCH_NAMESPACES = frozenset({"aten", "prims", "prim", "higher_order", "_c10d_functional", "c10d_functional"})
 #: key prefix of torchstitch's entries in the AOTInductor package metadata
 META_PREFIX = "torchstitch."
+#: extra file of the ``export`` format: ``forward``'s argument names, for the loaded module's messages
+INPUT_NAMES_FILE = "torchstitch/input_names.json"
 
 
 def _accepts(module: Any) -> bool:
@@ -40,8 +47,49 @@ def _accepts(module: Any) -> bool:
 
 
 def _save_export(module: ExportedModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
-    """``options`` are passed to ``torch.export.save`` (e.g. ``pickle_protocol``)."""
-    torch.export.save(module.program, path, extra_files=extra, **options)
+    """``options`` are passed to ``torch.export.save`` (e.g. ``pickle_protocol``).
+
+    :raises ArtifactError: when torch cannot serialise an operator of the program.
+    """
+    from torch._export.serde.serialize import SerializeError
+
+    if module.input_spec is not None:
+        extra = {**extra, INPUT_NAMES_FILE: json.dumps(list(module.input_spec.names))}
+    try:
+        torch.export.save(module.program, path, extra_files=extra, **options)
+    except SerializeError as exc:
+        raise ArtifactError(
+            f"format 'export' cannot save this program: torch.export.save cannot serialise "
+            f"{_unserialisable_operator(module.program, exc)}. Format 'aoti' may still work "
+            "(ts.save(..., format='aoti') compiles the program instead of serialising it)",
+            path=module.path,
+            strategy="export",
+        ) from exc
+
+
+def _unserialisable_operator(program: torch.export.ExportedProgram, exc: Exception) -> str:
+    """``the operator higher_order.flat_apply (node 'flat_apply')`` from torch's SerializeError."""
+    text = str(exc)
+    named = re.search(r"serializing node (\S+) in graph", text)
+    if named is not None:
+        for gm in program.graph_module.modules():
+            if not isinstance(gm, torch.fx.GraphModule):
+                continue
+            node = next((n for n in gm.graph.nodes if n.name == named.group(1)), None)
+            if node is not None:
+                return f"the operator {_operator_name(node.target)} (node {node.name!r})"
+    target = re.search(r"target=([\w.:]+)", text)
+    if target is not None:
+        return f"the operator {target.group(1)}"
+    return f"an operator ({text.splitlines()[0] if text else type(exc).__name__})"
+
+
+def _operator_name(target: Any) -> str:
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        return f"higher_order.{target.name()}"
+    if isinstance(target, torch._ops.OpOverload):
+        return target.name()
+    return getattr(target, "__qualname__", repr(target))
 
 
 def _load_export(path: str, map_location: Any) -> tuple[ExportedModule, dict[str, str]]:
@@ -49,9 +97,11 @@ def _load_export(path: str, map_location: Any) -> tuple[ExportedModule, dict[str
         raise ArtifactError(
             f"format 'export' loads on the devices it was saved for; got map_location={map_location!r}"
         )
-    extra = {PLAN_FILE: "", META_FILE: ""}
+    extra = {PLAN_FILE: "", META_FILE: "", INPUT_NAMES_FILE: ""}
     program = torch.export.load(path, extra_files=extra)
-    return ExportedModule(program), {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
+    extra = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
+    names = json.loads(extra.pop(INPUT_NAMES_FILE)) if extra.get(INPUT_NAMES_FILE) else None
+    return ExportedModule(program, input_names=names), extra
 
 
 EXPORT_FORMAT = ArtifactFormat(
@@ -117,6 +167,7 @@ def package_metadata(module: ExportedModule, extra: dict[str, str]) -> dict[str,
         f"{META_PREFIX}outputs": json.dumps(list(signature.user_outputs)),
         f"{META_PREFIX}custom_ops": json.dumps(ops, sort_keys=True),
         f"{META_PREFIX}libraries": json.dumps(sorted({lib for lib in ops.values() if lib})),
+        **({} if module.input_spec is None else {f"{META_PREFIX}input_spec": module.input_spec.to_json()}),
     }
 
 
@@ -162,8 +213,76 @@ def _load_aoti(path: str, map_location: Any) -> tuple[AOTIModule, dict[str, str]
             for name in names
             if name.endswith(f"/extra/{key}")
         }
+    _check_package(path, _package_metadata(path))
     runner = torch._inductor.aoti_load_package(os.fspath(path))
-    return AOTIModule(runner, runner.get_metadata()), extra
+    metadata = runner.get_metadata()
+    return AOTIModule(runner, metadata, _package_input_spec(runner, metadata)), extra
+
+
+def _package_metadata(path: str) -> dict[str, str]:
+    """The package metadata, read from the zip (before the compiled model is loaded)."""
+    found: dict[str, str] = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if "/data/aotinductor/" in name and name.endswith("_metadata.json"):
+                found.update(json.loads(archive.read(name)))
+    return found
+
+
+def _check_package(path: str, metadata: dict[str, str]) -> None:
+    """Refuse a package this process cannot run, and load the custom-op libraries it calls.
+
+    :raises ArtifactError: for another torch version than the one that built it, a
+        device this machine lacks, or a recorded library that is missing.
+    """
+    built_with = metadata.get(f"{META_PREFIX}torch_version")
+    if built_with and built_with != torch.__version__:
+        raise ArtifactError(
+            f"{path!r} was built with torch {built_with}, and this is torch {torch.__version__}: an "
+            "AOTInductor package runs only under the torch that built it; compile and save it again "
+            "with this torch",
+            path="",
+        )
+    device = metadata.get("AOTI_DEVICE_KEY", "cpu")
+    if not _device_available(device):
+        raise ArtifactError(f"{path!r} was compiled for device {device!r}, which this machine lacks", path="")
+    _load_libraries(path, metadata)
+
+
+def _device_available(device: str) -> bool:
+    if device == "cpu":
+        return True
+    backend = getattr(torch, device, None)  # torch.cuda, torch.xpu, torch.mps
+    return bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+
+
+def _load_libraries(path: str, metadata: dict[str, str]) -> None:
+    """``torch.ops.load_library`` each custom-op library the package recorded, before its model loads."""
+    libraries = json.loads(metadata.get(f"{META_PREFIX}libraries", "[]"))
+    ops = json.loads(metadata.get(f"{META_PREFIX}custom_ops", "{}"))
+    loaded = set(getattr(torch.ops, "loaded_libraries", ()))
+    for library in libraries:
+        if library in loaded:
+            continue
+        if not os.path.exists(library):
+            needed = sorted(op for op, lib in ops.items() if lib == library)
+            raise ArtifactError(
+                f"{path!r} calls custom operators {needed} from the library {library!r}, which does not "
+                "exist here; install it at that path (or load it with torch.ops.load_library before "
+                "ts.load)",
+                path="",
+            )
+        log.info("%s: loading the custom-op library %s", path, library)
+        torch.ops.load_library(library)
+
+
+def _package_input_spec(runner: Any, metadata: dict[str, str]) -> InputSpec | None:
+    """What the package's inputs must be, from its metadata; ``None`` if it did not record it."""
+    text = metadata.get(f"{META_PREFIX}input_spec")
+    loader = getattr(runner, "loader", None)
+    if not text or loader is None:
+        return None
+    return InputSpec.from_json(text, pytree.treespec_loads(loader.get_call_spec()[0]))
 
 
 AOTI_FORMAT = ArtifactFormat(

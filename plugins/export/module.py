@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+
+from .guards import InputSpec
 
 __all__ = ["ExportedModule", "AOTIModule"]
 
@@ -15,11 +20,17 @@ log = logging.getLogger(__name__)
 class ExportedModule(torch.nn.Module):
     """A compiled ``export`` node: runs ``program.module()`` (the unlifted, callable form).
 
+    Each call is first checked against what the program was exported for
+    (:attr:`input_spec`): an input that does not fit is an
+    :class:`~torchstitch.InputSpecError` naming it, not torch's bare ``AssertionError``.
+
     :param program: the ``torch.export.ExportedProgram`` of the node.
     :param source: the eager module it was exported from (the engine's shell); kept,
         unregistered, so that an ``export`` ancestor re-exports the eager code instead
         of tracing through the unlifted graph. ``None`` after :func:`torchstitch.load`.
     :param path: the node's dotted path, for messages.
+    :param input_names: ``forward``'s argument names, for messages; by default the
+        source's, else the program's own.
     """
 
     source: torch.nn.Module | None  # set through ``__dict__`` (see ``__init__``)
@@ -30,6 +41,7 @@ class ExportedModule(torch.nn.Module):
         *,
         source: torch.nn.Module | None = None,
         path: str = "",
+        input_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         #: the ExportedProgram (what ``torch.export.save`` and AOTInductor take)
@@ -39,9 +51,23 @@ class ExportedModule(torch.nn.Module):
         self.path = path
         # in __dict__, not _modules: not a submodule (no duplicate parameters, not saved)
         self.__dict__["source"] = source
+        if input_names is None and source is not None:
+            input_names = forward_argument_names(source)
+        #: what a call must fit; ``None`` when the program could not be read (calls go unchecked)
+        self.input_spec = _read_input_spec(program, input_names, path)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.unlifted(*args, **kwargs)
+        spec = self.input_spec
+        if spec is None or _tracing():
+            return self.unlifted(*args, **kwargs)
+        args, kwargs, _ = spec.check(args, kwargs)
+        try:
+            return self.unlifted(*args, **kwargs)
+        except AssertionError as exc:  # a guard torch checks in the graph (a relation of sizes)
+            error = spec.guard_failure(exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def train(self, mode: bool = True) -> ExportedModule:
         # ``program.module()`` refuses train()/eval(): the mode was fixed at export time
@@ -55,16 +81,65 @@ class ExportedModule(torch.nn.Module):
 class AOTIModule(torch.nn.Module):
     """An AOTInductor package loaded by :func:`torchstitch.load` (format ``aoti``).
 
+    Each call is checked against :attr:`input_spec` (the package was compiled for
+    those dtypes, devices and sizes, and runs whatever it is given), and its tensors
+    are made contiguous: the compiled kernels index by the strides they were built
+    for, so a transposed view would be read wrongly.
+
     :param runner: what ``torch._inductor.aoti_load_package`` returned.
     :param metadata: the package's metadata (``runner.get_metadata()``).
+    :param input_spec: what a call must fit; ``None`` (a package torchstitch did not
+        make) only makes the inputs contiguous.
     """
 
     runner: Any  # set through ``__dict__``: not a submodule
 
-    def __init__(self, runner: Any, metadata: dict[str, str]) -> None:
+    def __init__(self, runner: Any, metadata: dict[str, str], input_spec: InputSpec | None = None) -> None:
         super().__init__()
         self.__dict__["runner"] = runner
         self.metadata = dict(metadata)
+        self.input_spec = input_spec
+        loader = getattr(runner, "loader", None)
+        # the package's output structure, read once (the runner reads it on every call)
+        self._out_spec = None if loader is None else pytree.treespec_loads(loader.get_call_spec()[1])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.runner(*args, **kwargs)
+        if self.input_spec is None or self._out_spec is None:
+            args, kwargs = pytree.tree_map_only(torch.Tensor, _contiguous, (args, kwargs))
+            return self.runner(*args, **kwargs)
+        _, _, flat = self.input_spec.check(args, kwargs)
+        tensors = [_contiguous(value) for value in flat if isinstance(value, torch.Tensor)]
+        return pytree.tree_unflatten(self.runner.loader.boxed_run(tensors), self._out_spec)
+
+
+def forward_argument_names(module: torch.nn.Module) -> list[str] | None:
+    """The names of ``module.forward``'s arguments (``*args``/``**kwargs`` excluded)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _read_input_spec(
+    program: torch.export.ExportedProgram, names: Sequence[str] | None, path: str
+) -> InputSpec | None:
+    try:
+        return InputSpec.from_program(program, names=names, where=path)
+    except Exception:  # an unusual program must still run; it only goes unchecked
+        log.warning(
+            "%s: the exported inputs could not be read; calls will not be checked",
+            path or "<root>",
+            exc_info=True,
+        )
+        return None
+
+
+def _tracing() -> bool:
+    """Whether the call is being traced (an export or torch.compile of a parent): the inputs
+    are then symbolic, and torch checks them itself."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def _contiguous(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous()
