@@ -264,6 +264,8 @@ def load(
         try:
             module, extra = fmt.load(path, map_location)
         except Exception as exc:  # each format says why it could not read the file
+            if isinstance(exc, StitchError) and len(candidates) == 1:
+                raise  # the format the file names refused it (another torch, a missing library)
             failures.append(f"{fmt.name}: {exception_summary(exc)}")
             last = exc
             continue
