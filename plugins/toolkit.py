@@ -51,7 +51,8 @@ def record_inputs(module: torch.nn.Module, calls: TracingInputs, *, limit: int =
     The run is the engine's recording run (no autograd graph where ``forward`` does not
     need one; inputs are snapshots); the buffers of ``module`` are restored afterwards,
     so the caller's model ends as it was.  A module shared by several paths is recorded
-    under its first path; a module the run never calls has no entry.
+    under its first path; a module the run never calls has no entry, nor has a
+    TorchScript module (it takes no Python hooks).
 
     :param module: the module to run (its own path is ``""``).
     :param calls: ``[{"forward": args}, ...]``; each is one eager run.
@@ -60,10 +61,11 @@ def record_inputs(module: torch.nn.Module, calls: TracingInputs, *, limit: int =
     :raises TracingInputsError: if the eager run fails (naming the deepest module running).
     """
     modules = dict(module.named_modules())
+    targets = {path: m for path, m in modules.items() if not isinstance(m, torch.jit.ScriptModule)}
     found: dict[str, TracingInputs] = {}
     with preserved_state(module) as state:
         for call in calls:
-            recording = record(module, tuple(call["forward"]), modules, limit=limit, modules=modules)
+            recording = record(module, tuple(call["forward"]), targets, limit=limit, modules=modules)
             state.restore()
             for path, seen in recording.inputs.items():
                 kept = found.setdefault(path, [])
