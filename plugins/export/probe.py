@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import torch
 
+from torchstitch import TracingInputsError
 from torchstitch.plugins.toolkit import TracingInputs, as_example_args, display_path, record_inputs
 
 from .diagnosis import Diagnosis, diagnose
@@ -139,8 +140,9 @@ def deepest_failure(
     """The deepest submodule of ``module`` whose own export fails on its recorded inputs.
 
     From ``module``, the first child (in order) whose export fails is taken, then its
-    first failing child, and so on, as ``report_exportability`` does.  Only the modules
-    on the way are exported.
+    first failing child, and so on, as ``report_exportability`` does; a TorchScript
+    module ends the search (its children are part of it).  Only the modules on the
+    way are exported.
 
     :param module: a module whose export failed on ``calls`` (not changed).
     :param calls: its calls, ``[{"forward": args}, ...]``; the eager run records on each.
@@ -148,18 +150,23 @@ def deepest_failure(
     :param export_options: keyword arguments of ``torch.export.export`` (default: non-strict).
     :returns: the finding, or ``None`` when every child exports on its own (the failure
         is in ``module``'s own code) or ``module`` has no children.
-    :raises TracingInputsError: if the eager run fails.
+    :raises TracingInputsError: if the eager run fails (naming the module's path in the model).
     """
-    recorded = record_inputs(module, calls)
+    try:
+        recorded = record_inputs(module, calls)
+    except TracingInputsError as exc:  # its path is relative to ``module``: say it in the model's
+        raise TracingInputsError(exc.message, path=_joined_path(path, exc.path or "")) from exc
     finding = None
     current, current_path = module, ""
-    while True:
+    # the modules inside a TorchScript module are part of it: the search ends there
+    while not isinstance(current, torch.jit.ScriptModule):
         failing = _first_failing_child(current, current_path, recorded, export_options)
         if failing is None:
             return finding
         current_path, current, diagnosis = failing
         finding = Finding(_joined_path(path, current_path), _type_name(current), diagnosis)
         log.debug("%s: its own export fails (%s)", display_path(finding.path), diagnosis.code)
+    return finding
 
 
 def try_export(
