@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 
-def record_inputs(module: torch.nn.Module, calls: TracingInputs, *, limit: int = 1) -> dict[str, TracingInputs]:
+def record_inputs(
+    module: torch.nn.Module, calls: TracingInputs, *, limit: int = 1
+) -> dict[str, TracingInputs]:
     """The inputs every submodule's ``forward`` sees when ``module`` runs eagerly on ``calls``.
 
     The run is the engine's recording run (no autograd graph where ``forward`` does not

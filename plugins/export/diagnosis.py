@@ -53,8 +53,7 @@ _REASONS = (
     ),
     Reason(
         "data_dependent_value",
-        "the code turns a tensor value into a Python number (`int(x.max())`, "
-        "`x.item()` used as a size)",
+        "the code turns a tensor value into a Python number (`int(x.max())`, `x.item()` used as a size)",
         "The code turns a tensor value into a Python int (e.g. a size from .item()): keep it a "
         "tensor, bound it with torch._check(...) before use, or claim the module 'script' or "
         "'unsupported' (kept in Python, outside every export region)",
@@ -113,8 +112,7 @@ _REASONS = (
     ),
     Reason(
         "dynamic_shapes_spec",
-        "the dynamic-shapes specification does not fit the inputs (names, counts, a dim on a "
-        "non-tensor)",
+        "the dynamic-shapes specification does not fit the inputs (names, counts, a dim on a non-tensor)",
         "Make 'dims' / 'dynamic_shapes' name the node's forward arguments and tensor axes",
     ),
     Reason(
@@ -202,7 +200,10 @@ def diagnose(exc: BaseException) -> Diagnosis:
 
 #: texts of torch's messages, by code, checked in this order (the first match wins)
 _TEXTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("torchscript_module", ("Exporting a ScriptModule is not supported", "ScriptModule has not been initialized")),
+    (
+        "torchscript_module",
+        ("Exporting a ScriptModule is not supported", "ScriptModule has not been initialized"),
+    ),
     ("data_dependent_value", ("Could not extract specialized integer from data-dependent",)),
     ("data_dependent_branch", ("data-dependent",)),
     ("constraint_violation", ("Constraints violated",)),
@@ -273,7 +274,9 @@ def _suggested_fixes(text: str) -> str:
 # --------------------------------------------------------------------------
 
 #: non-strict export's pointer to the user's frame (torch's ``_blame_user_code``)
-_RAISED_BY = re.compile(r'The following call raised this error:\n\s*File "([^"]+)", line (\d+)[^\n]*\n([^\n]*)')
+_RAISED_BY = re.compile(
+    r'The following call raised this error:\n\s*File "([^"]+)", line (\d+)[^\n]*\n([^\n]*)'
+)
 #: strict export's (Dynamo's) user stack, innermost frame last
 _USER_CODE = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n([^\n]*)')
 
@@ -358,4 +361,3 @@ def _under(filename: str, folders: tuple[Path, ...]) -> bool:
     except (OSError, ValueError):
         return False
     return any(resolved.is_relative_to(folder) for folder in folders)
-

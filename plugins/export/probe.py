@@ -74,9 +74,7 @@ class ProbeReport:
         module is the cause, not its scripted children.
         """
         scripted = [row.path for row in self.rows if row.torchscript]
-        failing = [
-            row for row in self.failures() if not any(_below(row.path, outer) for outer in scripted)
-        ]
+        failing = [row for row in self.failures() if not any(_below(row.path, outer) for outer in scripted)]
         return [row for row in failing if not any(_below(other.path, row.path) for other in failing)]
 
     def render(self) -> str:
