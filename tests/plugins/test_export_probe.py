@@ -352,6 +352,18 @@ class ShapeBranch(torch.nn.Module):
         return x - 1
 
 
+class GraphBreak(torch.nn.Module):
+    def forward(self, x):
+        torch._dynamo.graph_break()
+        return x + 1
+
+
+class NoFakeKernel(torch.nn.Module):
+    def forward(self, x):
+        # an aten operator without a fake (meta) implementation in torch 2.13
+        return torch.ops.aten._nested_tensor_from_tensor_list([x])
+
+
 class Identity(torch.nn.Module):
     def forward(self, x):
         return x * 1
@@ -371,6 +383,8 @@ def scripted_leaf():
         (ShapeBranch, (X,), {"dynamic_shapes": ({0: Dim("n")},)}, "constraint_violation"),
         (scripted_leaf, (X,), {}, "torchscript_module"),
         (NumpyInside, (X,), {}, "non_torch_code"),
+        (NoFakeKernel, (X,), {}, "unsupported_operator"),
+        (GraphBreak, (X,), {"strict": True}, "dynamo_unsupported"),
         (TakesObject, (X, Config()), {}, "input_structure"),
         (SetOutput, (X,), {}, "output_structure"),
         (Pair, (X, X), {"dynamic_shapes": {"z": {0: Dim("n")}, "y": None}}, "dynamic_shapes_spec"),
