@@ -209,9 +209,11 @@ def _color(args: argparse.Namespace, stream: TextIO) -> bool:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .core.engine import Engine
 
+    if args.probe:
+        return _probe(args)
     plugins, rules, _ = _engine_inputs(args)
     module, example_inputs = load_spec(args.spec)
-    plan = Engine(rules=rules, plugins=plugins).plan(
+    plan = Engine(rules=rules, plugins=plugins, target=args.target).plan(
         module, example_inputs=example_inputs, root_strategy=args.root
     )
     if args.format == "json":
@@ -221,6 +223,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         text = plan.render(color=_color(args, sys.stdout))
     print(text)
+    return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """``plan --target export --probe``: whether every module exports on its own, as a table."""
+    if args.target != "export":
+        raise UsageError("--probe exports every module: it needs --target export")
+    module, example_inputs = load_spec(args.spec)
+    if example_inputs is None:
+        raise UsageError(
+            f"--probe runs the model: the factory of {args.spec!r} must return (module, example_inputs)"
+        )
+    from .plugins.export.probe import probe
+
+    print(probe(module, example_inputs).render())
     return EXIT_OK
 
 
@@ -397,6 +414,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("spec", metavar="SPEC")
     _rule_and_root(plan)
     plan.add_argument("--format", choices=("tree", "json", "dot"), default="tree")
+    plan.add_argument(
+        "--target", metavar="FAMILY", help="plan for a compile target, e.g. 'export' (retargets claims)"
+    )
+    plan.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --target export: export every module on its recorded inputs and print "
+        "whether it exports and why not, as a table (instead of the plan)",
+    )
     plan.set_defaults(run=cmd_plan)
 
     comp = subs.add_parser("compile", parents=[common], help="compile SPEC and save the artifact")

@@ -12,20 +12,31 @@ import logging
 
 from torchstitch import ArtifactFormat, Strategy, hookimpl
 
+from .diagnosis import REASONS, Diagnosis, SourceLine, diagnose
 from .formats import AOTI_FORMAT, EXPORT_FORMAT, custom_ops, package_metadata
 from .module import AOTIModule, ExportedModule
+from .probe import Finding, ProbeReport, ProbeRow, deepest_failure, probe
 from .strategy import STRATEGY, compile_export, dynamic_shapes_for
 
 __all__ = [
     "AOTIModule",
     "AOTI_FORMAT",
+    "Diagnosis",
     "EXPORT_FORMAT",
     "ExportedModule",
+    "Finding",
+    "ProbeReport",
+    "ProbeRow",
+    "REASONS",
     "STRATEGY",
+    "SourceLine",
     "compile_export",
     "custom_ops",
+    "deepest_failure",
+    "diagnose",
     "dynamic_shapes_for",
     "package_metadata",
+    "probe",
     "whole_model_rules",
 ]
 
