@@ -235,7 +235,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--probe runs the model: the factory of {args.spec!r} must return (module, example_inputs)"
         )
-    from .plugins.export.probe import probe
+    from .plugins.export.probing import probe
 
     print(probe(module, example_inputs).render())
     return EXIT_OK

@@ -15,7 +15,7 @@ from torchstitch import ArtifactFormat, Strategy, hookimpl
 from .diagnosis import REASONS, Diagnosis, SourceLine, diagnose
 from .formats import AOTI_FORMAT, EXPORT_FORMAT, custom_ops, package_metadata
 from .module import AOTIModule, ExportedModule
-from .probe import Finding, ProbeReport, ProbeRow, deepest_failure, probe
+from .probing import Finding, ProbeReport, ProbeRow, deepest_failure, probe
 from .strategy import STRATEGY, compile_export, dynamic_shapes_for
 
 __all__ = [
