@@ -60,10 +60,11 @@ def test_forces_export_with_make_fx_matches_eager(tmp_path, watch):
     check()
 
 
-def test_forces_without_make_fx_fail_with_the_torch_message_and_the_cure(watch):
+def test_forces_with_make_fx_forbidden_fail_with_the_torch_message_and_the_cure(watch):
     model = make_model()
     check = watch(model)
-    engine = ts.Engine(rules=whole_model_rules(), strategy_options={"export": {"dims": DIMS}})
+    options = {"dims": DIMS, "make_fx": False}
+    engine = ts.Engine(rules=whole_model_rules(), strategy_options={"export": options})
     with pytest.raises(
         ts.NodeCompileError, match=r"fake tensor in the exported program constant's list.*'make_fx': True"
     ) as info:
