@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import torch
 from torch.utils import _pytree as pytree
+from torch.utils._sympy.numbers import int_oo
 
 from torchstitch import PlanError
 
@@ -221,7 +222,7 @@ def describe_dims(
 
     Axes torch proved equal share a symbol and are listed together, under the user's
     dim name when ``dims`` named one of them (``names``), else as ``s0``, ``s1``, ...
-    A range other than torch's default ``[2, inf)`` follows in brackets.
+    A bounded range (a ``max``, or a ``min`` above 2) follows in brackets.
     """
     users = set(program.graph_signature.user_inputs)
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
@@ -245,7 +246,7 @@ def describe_dims(
             label, unnamed = (f"s{unnamed}", unnamed + 1) if expr.is_symbol else (str(expr), unnamed)
         bounds = program.range_constraints.get(expr)
         extra = ""
-        if bounds is not None and (bounds.lower != 2 or bounds.upper.is_finite):
+        if bounds is not None and (bounds.lower > 2 or bounds.upper != int_oo):
             extra = f" [{bounds.lower}, {bounds.upper}]"
         parts.append(" = ".join([label, *axes]) + extra)
     return "; ".join(parts)

@@ -32,6 +32,7 @@ import inspect
 import linecache
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -420,16 +421,16 @@ def _hint(exc: Exception) -> str | None:
             "the module 'script' (TorchScript target) or 'unsupported' (kept in Python, outside "
             "every export region)"
         )
+    if "0/1 specialized" in text or re.search(r"specialized it to be a constant \([01]\)", text):
+        return (
+            "torch specialises sizes 0 and 1: give example inputs whose dynamic axes have sizes >= 2 "
+            "(and differ from the fixed sizes, e.g. 6 and 9 atoms with xyz = 3)"
+        )
     if "Constraints violated" in text:
         return (
             "A dimension declared dynamic was specialised by the code (e.g. a branch on its size); "
             "make the code size-independent, or drop it from the export options 'dims' / "
             "'dynamic_shapes'"
-        )
-    if "0/1 specialized" in text:
-        return (
-            "torch specialises sizes 0 and 1: give example inputs whose dynamic axes have sizes >= 2 "
-            "(and differ from the fixed sizes, e.g. 6 and 9 atoms with xyz = 3)"
         )
     if "fake tensor in the exported program constant" in text:
         return (
