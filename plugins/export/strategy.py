@@ -3,21 +3,27 @@
 Options (``Engine(strategy_options={"export": {...}})``; everything not listed
 here is passed to ``torch.export.export``, e.g. ``strict=True``):
 
+Axes whose size differs between the node's calls (the root's input sets, a node's
+recorded inputs) are dynamic without any option; see :mod:`.dims` for their names.
+
 ``dims``
     Named dynamic dimensions, shared by every exported node:
     ``{"atoms": {"pos": 0, "species": 0}, "edges": {"edge_index": 1}}`` declares a
     ``torch.export.Dim("atoms")`` for axis 0 of every ``forward`` argument called
     ``pos`` or ``species`` (an axis list, ``{"x": [0, 1]}``, marks several axes).
+    Arguments are paths: ``data['pos']`` (inside a dict), ``args[0]`` (``forward(*args)``);
+    a key may be a ``Dim`` with bounds (``{Dim("seq", max=64): {"input_ids": 1}}``).
     Arguments are matched by name, so one declaration covers a model whose
-    submodules use the same names; a node with none of the names is exported static.
+    submodules use the same names; a node with none of the names takes none of them.
 ``dynamic_shapes``
     Per path, torch.export's own ``dynamic_shapes`` for that node, used as is
-    (``{"": {"pos": {0: Dim("atoms", min=1)}}}``); it beats ``dims``.
+    (``{"": {"pos": {0: Dim("atoms", min=1)}}}``); it beats ``dims`` and inferred dims.
 ``make_fx``
-    ``True``: trace the node with ``make_fx(tracing_mode="symbolic")`` first and
-    export the resulting graph (NequIP's approach for ``torch.autograd.grad``
-    inside ``forward``, e.g. forces; a direct export fails with "We found a fake
-    tensor in the exported program constant's list").
+    ``None`` (default): when plain export fails on ``torch.autograd.grad`` inside
+    ``forward`` (forces: "We found a fake tensor in the exported program constant's
+    list") or on a TorchScript module in the region, trace with
+    ``make_fx(tracing_mode="symbolic")`` first and export that graph (NequIP's
+    approach); the plan notes ``via: make_fx``. ``True``: always; ``False``: never.
 ``check_specialization``
     ``True`` (default): when the node has several tracing inputs, check that
     each fits the exported program (no dimension was specialised to the first

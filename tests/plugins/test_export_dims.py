@@ -1,4 +1,4 @@
-"""The export strategy's dims: inferred from the calls, declared by path with bounds, and the way it traces."""
+"""The export strategy's dims: inferred from the calls, declared by path with bounds; the way it traces."""
 
 import logging
 import warnings
