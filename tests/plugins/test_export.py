@@ -164,6 +164,12 @@ def test_data_dependent_branch_fails_the_export_with_a_hint(watch):
     check()
 
 
+def test_make_fx_failures_get_the_same_hints():
+    with pytest.raises(ts.NodeCompileError, match=r"after make_fx failed: .*torch\.cond") as info:
+        export_root(make_fx=True).compile(ValueBranch(), example_inputs=(torch.randn(3),))
+    assert info.value.path == ""
+
+
 class ScriptInsideExport(torch.nn.Module):
     def __init__(self):
         super().__init__()

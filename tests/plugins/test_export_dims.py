@@ -229,30 +229,6 @@ def test_a_dynamic_compile_does_not_warn_it_is_static():
     assert warned == []
 
 
-class EnergyForces(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
-
-    def forward(self, pos):
-        with torch.enable_grad():
-            pos = pos.detach().requires_grad_(True)
-            energy = self.mlp(torch.sin(pos)).sum()
-            (grad,) = torch.autograd.grad([energy], [pos])
-        return energy.detach(), -grad
-
-
-def test_forces_export_through_make_fx_without_being_asked(watch):
-    model = EnergyForces()
-    check = watch(model)
-    result = export_dims(model, [(torch.randn(6, 3),), (torch.randn(9, 3),)])
-    assert dict(result.plan[""].outcome.notes) == {"dynamic": "s0 = pos[0]", "via": "make_fx"}
-    pos = torch.randn(13, 3)
-    for got, expected in zip(result.module(pos), model(pos)):
-        torch.testing.assert_close(got, expected)
-    check()
-
-
 class Inner(torch.nn.Module):
     def forward(self, x):
         return torch.sin(x) * 2
@@ -287,19 +263,6 @@ def test_make_fx_forbidden_with_a_torchscript_child_says_why(watch):
         export_dims(model, [(torch.randn(6, 3),)], make_fx=False)
     assert info.value.path == ""
     check()
-
-
-class ValueBranch(torch.nn.Module):
-    def forward(self, x):
-        if torch.any(x > 0):
-            return x
-        return -x
-
-
-def test_make_fx_failures_get_the_same_hints():
-    with pytest.raises(ts.NodeCompileError, match=r"after make_fx failed: .*torch\.cond") as info:
-        export_dims(ValueBranch(), [(torch.randn(3),)], make_fx=True)
-    assert info.value.path == ""
 
 
 class Noisy(torch.nn.Module):
