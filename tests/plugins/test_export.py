@@ -128,13 +128,14 @@ def test_per_path_dynamic_shapes_beat_dims():
     torch.testing.assert_close(compiled(x), model(x))
 
 
-def test_static_export_with_two_sizes_is_a_specialisation_error(watch):
-    model = Model()
+def test_a_size_declared_static_but_given_two_sizes_is_a_specialisation_error(watch):
+    model = Leaf()
     check = watch(model)
-    inputs = {"a": [(torch.randn(4, 3),), (torch.randn(6, 3),)]}
+    inputs = {"": [(torch.randn(4, 3),), (torch.randn(6, 3),)]}
+    engine = export_root(dynamic_shapes={"": {"x": {0: Dim.STATIC}}})
     with pytest.raises(ts.NodeCompileError, match=r"specialised a shape: x axis 0 .* to 4 .* has 6") as info:
-        ts.compile(model, inputs=inputs, target="export")
-    assert info.value.path == "a"
+        engine.compile(model, inputs=inputs)
+    assert info.value.path == ""
     assert "'dims'" in str(info.value)
     check()
 
@@ -161,6 +162,12 @@ def test_data_dependent_branch_fails_the_export_with_a_hint(watch):
         export_root().compile(model, example_inputs=(torch.randn(3),))
     assert info.value.path == ""
     check()
+
+
+def test_make_fx_failures_get_the_same_hints():
+    with pytest.raises(ts.NodeCompileError, match=r"after make_fx failed: .*torch\.cond") as info:
+        export_root(make_fx=True).compile(ValueBranch(), example_inputs=(torch.randn(3),))
+    assert info.value.path == ""
 
 
 class ScriptInsideExport(torch.nn.Module):
@@ -318,7 +325,7 @@ class _TwoInputs(torch.nn.Module):
     [
         (
             {"atoms": {"positions": 0}},
-            r"names input 'positions', which the root's forward does not take \(its inputs: pos, index\)",
+            r"names input 'positions', which the root's forward does not take \(its inputs: pos, index;",
         ),
         (
             {"atoms": {"pos": 2}},

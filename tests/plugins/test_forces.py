@@ -60,13 +60,26 @@ def test_forces_export_with_make_fx_matches_eager(tmp_path, watch):
     check()
 
 
-def test_forces_without_make_fx_fail_with_the_torch_message_and_the_cure(watch):
+def test_forces_with_make_fx_forbidden_fail_with_the_torch_message_and_the_cure(watch):
     model = make_model()
     check = watch(model)
-    engine = ts.Engine(rules=whole_model_rules(), strategy_options={"export": {"dims": DIMS}})
+    options = {"dims": DIMS, "make_fx": False}
+    engine = ts.Engine(rules=whole_model_rules(), strategy_options={"export": options})
     with pytest.raises(
         ts.NodeCompileError, match=r"fake tensor in the exported program constant's list.*'make_fx': True"
     ) as info:
         engine.compile(model, example_inputs=(torch.randn(5, 3),))
     assert info.value.path == ""
+    check()
+
+
+def test_forces_export_through_make_fx_without_being_asked(watch):
+    model = make_model()
+    check = watch(model)
+    sets = [(torch.randn(6, 3),), (torch.randn(9, 3),)]
+    result = ts.Engine(target="export").compile(model, example_inputs=sets[0], inputs={"": sets})
+    assert dict(result.plan[""].outcome.notes) == {"dynamic": "s0 = pos[0]", "via": "make_fx"}
+    pos = torch.randn(13, 3)
+    for got, expected in zip(result.module(pos), model(pos)):
+        torch.testing.assert_close(got, expected)
     check()
