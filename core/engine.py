@@ -510,6 +510,7 @@ class _Run:
             inputs=inputs,
             inputs_source=source,
             example_inputs=None if self.example_sets is None else self.example_sets[0],
+            example_sets=() if self.example_sets is None else tuple(self.example_sets),
             caller_inputs=self.caller_inputs,
             recorded_inputs={} if self.recording is None else self.recording.inputs,
             n_trace_checks=self.options.n_trace_checks,

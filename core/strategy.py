@@ -111,8 +111,11 @@ class CompileContext:
     inputs: TracingInputs = attrs.field(factory=list, eq=False, repr=False)
     #: where the inputs came from (the provider's plugin name), ``None`` without inputs
     inputs_source: str | None = None
-    #: the caller's ``example_inputs`` for the root, as a tuple (``None`` if not given)
+    #: the caller's ``example_inputs`` for the root, as a tuple (``None`` if not given);
+    #: the first set when several were given
     example_inputs: tuple[Any, ...] | None = attrs.field(default=None, eq=False, repr=False)
+    #: every input set of ``example_inputs``, each a tuple (empty if not given)
+    example_sets: tuple[tuple[Any, ...], ...] = attrs.field(default=(), eq=False, repr=False)
     #: the caller's per-path ``inputs=``
     caller_inputs: Mapping[str, TracingInputs] = attrs.field(factory=dict, eq=False, repr=False)
     #: inputs recorded for each path during the eager run on ``example_inputs``

@@ -62,8 +62,9 @@ _REASONS = (
         "autograd_in_forward",
         "`forward` calls `torch.autograd.grad` (forces from an energy); plain export leaves "
         "a fake tensor behind (strict export refuses the call)",
-        "This usually means torch.autograd.grad (e.g. forces) inside forward: pass "
-        "strategy_options={'export': {'make_fx': True}}",
+        "This usually means torch.autograd.grad (e.g. forces) inside forward: the export "
+        "strategy traces it with make_fx first, which it does by default (do not pass "
+        "strategy_options={'export': {'make_fx': False}})",
     ),
     Reason(
         "constraint_violation",
@@ -77,7 +78,8 @@ _REASONS = (
         "the region holds a TorchScript module (`torch.jit.script`/`trace` output), which "
         "export cannot trace",
         "Export the eager module instead of its TorchScript form (do not torch.jit.script it "
-        "before compiling), or pass strategy_options={'export': {'make_fx': True}}",
+        "before compiling); otherwise the export strategy traces through it with make_fx, "
+        "which it does by default (do not pass strategy_options={'export': {'make_fx': False}})",
     ),
     Reason(
         "unsupported_operator",
@@ -252,9 +254,10 @@ def _script_module_in_traceback(exc: BaseException) -> bool:
 def _constraint_hint(text: str, cure: str) -> str:
     """The cure of a "Constraints violated": say when an example of size 0 or 1 is the cause."""
     constant = re.search(r"specialized it to be a constant \((\d+)\)", text)
-    if constant and constant.group(1) in ("0", "1"):
+    if (constant and constant.group(1) in ("0", "1")) or "0/1 specialized" in text:
+        size = constant.group(1) if constant else "0 or 1"
         cure = (
-            f"An example input has size {constant.group(1)} on a dimension declared dynamic, and "
+            f"An example input has size {size} on a dimension declared dynamic, and "
             "torch specialises sizes 0 and 1: give example inputs of size 2 or more on that axis"
         )
     return cure + _suggested_fixes(text)

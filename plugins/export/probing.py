@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -177,14 +178,27 @@ def try_export(
     many modules, and the table says what failed.
     """
     options = {"strict": False, **(export_options or {})}
+    try:
+        with quiet_failures(f"export of {type(module).__name__}"):
+            torch.export.export(module, args, **options)
+    except Exception as exc:
+        return diagnose(exc)
+    return None
+
+
+@contextlib.contextmanager
+def quiet_failures(what: str) -> Iterator[None]:
+    """Keep what torch prints while ``what`` fails (a partial graph on stderr, thousands of
+    lines sometimes; warnings about symbols it cannot trace to user code) out of the
+    terminal: it goes to the debug log.  On success, what was printed goes to stderr."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), _torch_warnings_to_debug():
-            torch.export.export(module, args, **options)
-    except Exception as exc:
-        log.debug("export of %s failed: %s\n%s", type(module).__name__, exc, captured.getvalue())
-        return diagnose(exc)
-    return None
+            yield
+    except BaseException as exc:
+        log.debug("%s failed: %s\ntorch printed:\n%s", what, exc, captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
 
 
 #: the torch logger that warns on every data-dependent failure ("Unable to find user code ...")

@@ -38,16 +38,17 @@ import inspect
 import linecache
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import attrs
 import torch
 from torch.utils import _pytree as pytree
 
 from torchstitch import CompileContext, NodeCompileError, Strategy, TorchstitchWarning
 from torchstitch.plugins.toolkit import display_path, exception_summary, first_line, make_shell, warn
 
+from .diagnosis import Diagnosis, diagnose
 from .dims import (
     Axis,
     Leaf,
@@ -59,6 +60,7 @@ from .dims import (
     size_problems,
 )
 from .module import ExportedModule
+from .probing import Finding, deepest_failure, quiet_failures
 
 __all__ = ["STRATEGY", "compile_export", "dynamic_shapes_for"]
 
@@ -158,12 +160,7 @@ def _root_sets(context: CompileContext) -> list[Any]:
     given = context.caller_inputs.get("")
     if given:
         return [call.get("forward") for call in given]
-    example = context.example_inputs
-    if example is None:
-        return []
-    if isinstance(example, list) and example and all(isinstance(e, (tuple, list)) for e in example):
-        return list(example)  # a list of sets (issue 14's example_inputs=[set6, set9])
-    return [example]
+    return list(context.example_sets)
 
 
 def _check_declared_vary(
@@ -217,11 +214,12 @@ def _choose_call(named: list[list[Leaf]], dynamic: Mapping[Axis, Any], context: 
     return chosen
 
 
-def _fail(context: CompileContext, message: str) -> NodeCompileError:
+def _fail(context: CompileContext, message: str, *, at: str | None = None) -> NodeCompileError:
+    """The node's NodeCompileError; ``at``: the path of the submodule found to fail in it."""
     claim = context.node.claim
     return NodeCompileError(
         message,
-        path=context.node.path,
+        path=context.node.path if at is None else at,
         strategy="export" if claim is None else claim.strategy,
         claimant=None if claim is None else claim.claimant,
     )
@@ -323,7 +321,7 @@ def _export_some_way(
         except Exception as exc:
             reason = None if make_fx is False else _make_fx_cures(exc, module, context.node.path)
             if reason is None:
-                raise _failure(exc, module, False, make_fx is False, context) from exc
+                raise _failure(exc, module, args, False, make_fx is False, context) from exc
             log.debug(
                 "%s: plain export failed (%s); retrying with make_fx, because %s",
                 display_path(context.node.path),
@@ -333,7 +331,7 @@ def _export_some_way(
     try:
         return _trace_and_export(module, args, spec_of, True, options), True
     except Exception as exc:
-        raise _failure(exc, module, True, False, context) from exc
+        raise _failure(exc, module, args, True, False, context) from exc
 
 
 def _trace_and_export(
@@ -347,8 +345,10 @@ def _trace_and_export(
     if make_fx:
         from torch.fx.experimental.proxy_tensor import make_fx as _make_fx
 
-        target = _make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
-    return torch.export.export(target, args, dynamic_shapes=spec_of(target, args), **options)
+        with quiet_failures("make_fx"):
+            target = _make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    with quiet_failures("torch.export"):
+        return torch.export.export(target, args, dynamic_shapes=spec_of(target, args), **options)
 
 
 def _script_modules(module: torch.nn.Module, path: str) -> list[str]:
@@ -374,10 +374,23 @@ def _make_fx_cures(exc: Exception, module: torch.nn.Module, path: str) -> str | 
     return None
 
 
+#: reasons a child can have on its own: worth looking for the deepest submodule that fails
+_LOCAL_REASONS = frozenset(
+    {"data_dependent_branch", "data_dependent_value", "unsupported_operator", "non_torch_code", "other"}
+)
+
+
 def _failure(
-    exc: Exception, module: torch.nn.Module, via_make_fx: bool, forbidden: bool, context: CompileContext
+    exc: Exception,
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    via_make_fx: bool,
+    forbidden: bool,
+    context: CompileContext,
 ) -> NodeCompileError:
-    """The NodeCompileError for a failed export: torch's first lines, the cause and the cure.
+    """The NodeCompileError for a failed export, at the deepest submodule whose own export
+    fails when there is one: torch's first line, the user's source line, the reason code
+    (docs/export-reasons.md) and the cure.
 
     torch's whole message (graph dumps of thousands of lines, sometimes) goes to the
     debug log only; the original stays chained by the caller.
@@ -385,20 +398,44 @@ def _failure(
     path = context.node.path
     way = "torch.export after make_fx" if via_make_fx else "torch.export"
     log.debug("%s: %s failed; torch's full message:\n%s", display_path(path), way, exc)
-    text = str(exc)
-    hint = _hint(exc)
+    diagnosis = diagnose(exc)
     if forbidden and _make_fx_cures(exc, module, path) is not None:
-        hint = (
-            f"{_make_fx_cures(exc, module, path)}; plain export cannot trace it: drop the export "
-            "option 'make_fx': False (torchstitch then retries with make_fx), or pass 'make_fx': True"
+        diagnosis = attrs.evolve(
+            diagnosis,
+            hint=f"{_make_fx_cures(exc, module, path)}; plain export cannot trace it: drop the export "
+            "option 'make_fx': False (torchstitch then retries with make_fx), or pass 'make_fx': True",
         )
-    cause = _specialised_where(exc, module, path) if "Constraints violated" in text else ""
-    cure = (
-        f"{cause}{hint}{_suggested_fixes(text)}"
-        if hint
-        else (f"{cause}(torch's whole message is in the debug log of logger {__name__!r})")
+    cause = _specialised_where(exc, module, path) if diagnosis.code == "constraint_violation" else ""
+    finding = _deepest(module, args, diagnosis, context)
+    if finding is not None:
+        return _fail(
+            context,
+            f"{way} of {display_path(path)} failed, and {display_path(finding.path)} "
+            f"({finding.type_name}) is the deepest submodule whose own export fails: "
+            f"{finding.diagnosis.message()}",
+            at=finding.path,
+        )
+    summary = _summary(str(exc))
+    where = f" (at {diagnosis.source})" if diagnosis.source is not None else ""
+    return _fail(
+        context,
+        f"{way} failed: {diagnosis.error_type}: {summary}{where}. {cause}{diagnosis.hint} "
+        f"[reason: {diagnosis.code}; torch's whole message is in the debug log of {__name__!r}]",
     )
-    return _fail(context, f"{way} failed: {type(exc).__name__}: {_summary(text)}. {cure}")
+
+
+def _deepest(
+    module: torch.nn.Module, args: tuple[Any, ...], diagnosis: Diagnosis, context: CompileContext
+) -> Finding | None:
+    """The deepest submodule below the node whose own export fails, for a reason a
+    submodule can have on its own (a branch, an operator); ``None``: the node's own code."""
+    if diagnosis.code not in _LOCAL_REASONS:
+        return None
+    try:
+        return deepest_failure(module, [{"forward": args}], context.node.path)
+    except Exception:  # the search is a courtesy: the node's own error stands
+        log.debug("%s: no failing submodule found", display_path(context.node.path), exc_info=True)
+        return None
 
 
 def _summary(text: str) -> str:
@@ -408,42 +445,6 @@ def _summary(text: str) -> str:
         return "(no message)"
     details = [line.strip() for line in lines[1:] if line.lstrip().startswith("- ")][:3]
     return " ".join([lines[0].strip().rstrip("."), *details])[:1200].rstrip(".")
-
-
-def _suggested_fixes(text: str) -> str:
-    """torch's "Suggested fixes:" lines (for a specialised dynamic dim), if it gave any."""
-    _, found, rest = text.partition("Suggested fixes:")
-    if not found:
-        return ""
-    lines = [line.strip() for line in rest.strip().split("\n\n")[0].splitlines()[:3] if line.strip()]
-    return " (torch suggests: " + " ".join(lines) + ")" if lines else ""
-
-
-def _hint(exc: Exception) -> str | None:
-    text = str(exc)
-    if "GuardOnDataDependentSymNode" in type(exc).__name__ or "data-dependent" in text:
-        return (
-            "The code branches on tensor values: rewrite the branch with torch.cond, or claim "
-            "the module 'script' (TorchScript target) or 'unsupported' (kept in Python, outside "
-            "every export region)"
-        )
-    if "0/1 specialized" in text or re.search(r"specialized it to be a constant \([01]\)", text):
-        return (
-            "torch specialises sizes 0 and 1: give example inputs whose dynamic axes have sizes >= 2 "
-            "(and differ from the fixed sizes, e.g. 6 and 9 atoms with xyz = 3)"
-        )
-    if "Constraints violated" in text:
-        return (
-            "A dimension declared dynamic was specialised by the code (e.g. a branch on its size); "
-            "make the code size-independent, or drop it from the export options 'dims' / "
-            "'dynamic_shapes'"
-        )
-    if "fake tensor in the exported program constant" in text:
-        return (
-            "This usually means torch.autograd.grad (e.g. forces) inside forward, which export "
-            "traces through make_fx: pass strategy_options={'export': {'make_fx': True}}"
-        )
-    return None
 
 
 def _specialised_where(exc: BaseException, module: torch.nn.Module, path: str) -> str:
@@ -580,7 +581,7 @@ def _check_specialization(
         if "0/1 specialized" in str(exc):  # a size torch fixes: said by _choose_call's warning
             log.debug("%s: no second export to compare: %s", display_path(context.node.path), first_line(exc))
             return
-        raise _failure(exc, module, via_make_fx, False, context) from exc
+        raise _failure(exc, module, different, via_make_fx, False, context) from exc
     if other.graph_module.code != program.graph_module.code:
         raise _fail(
             context,

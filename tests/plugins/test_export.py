@@ -216,7 +216,35 @@ def test_a_users_script_claim_is_exported_and_a_real_branch_fails_at_its_path(wa
     with pytest.raises(ts.NodeCompileError) as info:
         ts.compile(model, example_inputs=(torch.randn(2, 3),), target="export")
     assert info.value.path == "c"
-    assert "'c'" in str(info.value) and "torch.cond" in str(info.value)
+    message = str(info.value)
+    assert "'c'" in message and "torch.cond" in message
+    assert "[reason: data_dependent_branch" in message
+    assert "if bool(x.sum() > 0):" in message  # the user's line of the branch
+    check()
+
+
+class Deep(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre = Leaf()
+        self.inner = torch.nn.Sequential(torch.nn.Linear(3, 3), Branchy())
+
+    def forward(self, x):
+        return self.inner(self.pre(x))
+
+
+def test_an_export_failure_names_the_deepest_submodule_that_fails_on_its_own(watch, capfd):
+    model = Deep()
+    check = watch(model)
+    with pytest.raises(ts.NodeCompileError) as info:
+        ts.compile(model, example_inputs=(torch.randn(2, 3),), target="export", rules=whole_model_rules())
+    message = str(info.value)
+    assert info.value.path == "inner.1"
+    assert "torch.export of <root> failed, and inner.1 (" in message
+    assert "Branchy) is the deepest submodule whose own export fails" in message
+    assert "[reason: data_dependent_branch]" in message
+    assert "if bool(x.sum() > 0):" in message and "torch.cond" in message
+    assert "torch.ops.aten" not in capfd.readouterr().err  # torch's partial graph: debug log only
     check()
 
 

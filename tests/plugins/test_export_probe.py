@@ -18,7 +18,6 @@ from torchstitch.plugins.export import (
     diagnose,
     probe,
 )
-from torchstitch.plugins.export.strategy import _hint, _suggested_fixes
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
@@ -156,7 +155,7 @@ def test_deepest_failure_finds_autograd_grad():
     finding = deepest_failure(WithForces(), [{"forward": (X,)}], "")
     assert finding is not None
     assert (finding.path, finding.diagnosis.code) == ("forces", "autograd_in_forward")
-    assert "'make_fx': True" in finding.diagnosis.hint
+    assert "make_fx" in finding.diagnosis.hint
 
 
 def test_deepest_failure_finds_a_scripted_child():
@@ -426,22 +425,6 @@ def test_an_unknown_error_is_other():
     assert (diagnosis.code, diagnosis.known) == ("other", False)
     assert diagnosis.first_line == "something new"
     assert diagnosis.source is None
-
-
-@pytest.mark.parametrize(
-    "make, args, options",
-    [
-        (Gate, (X,), {}),
-        (ShapeBranch, (X,), {"dynamic_shapes": ({0: Dim("n")},)}),
-        (Forces, (X,), {}),
-    ],
-)
-def test_diagnose_is_a_drop_in_for_the_strategys_hint(make, args, options):
-    # the export strategy's error path will switch to diagnose(): it says at least as much
-    exc = _export_error(make(), args, **options)
-    diagnosis = diagnose(exc)
-    assert _hint(exc) is not None and diagnosis.known
-    assert _hint(exc) + _suggested_fixes(str(exc)) in diagnosis.hint
 
 
 def test_every_reason_code_is_documented_and_every_documented_code_exists():
