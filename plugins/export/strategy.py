@@ -105,7 +105,11 @@ def compile_export(module: torch.nn.Module, context: CompileContext) -> Exported
 
     program, via_make_fx = _export_some_way(eager, calls[chosen], spec_of, own["make_fx"], options, context)
     if own["check_specialization"] is not False and len(calls) > 1:
-        _check_specialization(eager, program, calls, chosen, spec_of, via_make_fx, options, context)
+        # every axis that differs between the calls is dynamic unless the caller's own
+        # dynamic_shapes say otherwise: only then can a second export show a specialisation
+        # that the check of every call against the program's shapes and ranges misses
+        compare = user_spec is not None
+        _check_specialization(eager, program, calls, chosen, spec_of, via_make_fx, options, context, compare)
     _note(context, program, named[chosen], declared, via_make_fx)
     if not dynamic and user_spec is None and not own["dims"] and not own["dynamic_shapes"]:
         _warn_static(context, named[chosen])
@@ -560,7 +564,10 @@ def _check_specialization(
     via_make_fx: bool,
     options: Mapping[str, Any],
     context: CompileContext,
+    compare: bool,
 ) -> None:
+    """Check that every call fits ``program``; with ``compare``, also export on a call of
+    other sizes and compare the graphs (a size the code branched on without a guard)."""
     cure = (
         "Declare the dimension dynamic: strategy_options={'export': {'dims': {NAME: {ARG: AXIS}}}} "
         f"or {{'dynamic_shapes': {{{context.node.path!r}: ...}}}}"
@@ -573,7 +580,7 @@ def _check_specialization(
             raise _fail(context, f"export specialised a shape: {problem} (tracing input {i}). {cure}")
     base = _shapes(calls[chosen])
     different = next((args for args in calls if _shapes(args) != base), None)
-    if different is None:
+    if different is None or not compare:
         return
     try:
         other = _trace_and_export(module, different, spec_of, via_make_fx, options)
