@@ -320,6 +320,25 @@ def test_nequip_target_export_exports_the_root_and_inlines_e3nn(nequip):
     assert plan["layers.0.tp"].claim is None and plan["layers.0.tp"].region == ""
 
 
+@pytest.mark.slow
+def test_nequip_exports_dynamic_from_two_input_sets_with_no_options(nequip, tmp_path, watch):
+    """Issue 14's promise: the annotations the model carries, two sets of different sizes,
+    nothing else; the artifact runs, like eager, on a size never seen at compile time."""
+    model, atoms = nequip
+    check = watch(model)
+    result = ts.Engine(target="export").compile(model, example_inputs=[atoms(12), atoms(16, seed=2)])
+    root = result.plan[""]
+    assert root.strategy == "export" and root.outcome is not None
+    dynamic = dict(root.outcome.notes)["dynamic"]
+    assert "pos[0]" in dynamic and "edge_index[1]" in dynamic
+    bigger = atoms(23, seed=1)
+    torch.testing.assert_close(result.module(*bigger), model(*bigger))
+    path = tmp_path / "nequip.pt2"
+    result.save(str(path))
+    torch.testing.assert_close(ts.load(path)(*bigger), model(*bigger))
+    check()
+
+
 def test_nequip_whole_model_export_is_dynamic_and_round_trips(nequip, tmp_path, watch):
     model, atoms = nequip
     check = watch(model)
