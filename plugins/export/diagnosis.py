@@ -18,7 +18,7 @@ import sysconfig
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import attrs
 import torch
@@ -317,7 +317,7 @@ def _deepest_user_frame(exc: BaseException) -> SourceLine | None:
     return deepest
 
 
-def _frames(exc: BaseException) -> Iterator[tuple[object, int]]:
+def _frames(exc: BaseException) -> Iterator[tuple[FrameType, int]]:
     """``(frame, line)`` of the traceback of ``exc`` and of the exceptions it chains, outermost first."""
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -248,7 +248,7 @@ class InputSpec:
         self, path: str, axis: int, expression: str, actual: int, sizes: dict[str, tuple[int, str]]
     ) -> None:
         """A size the export derived from others (``2*s44``): checked once they are known."""
-        import sympy
+        import sympy  # type: ignore[import-untyped]  # torch's dependency, without stubs
 
         expr = sympy.sympify(expression)
         known = {symbol: sizes[str(symbol)][0] for symbol in expr.free_symbols if str(symbol) in sizes}
