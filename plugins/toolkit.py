@@ -12,7 +12,14 @@ import torch
 
 from ..core._warn import warn
 from ..core.errors import display_path, exception_summary, first_line
-from ..core.inputs import as_example_args, cast_tensors, check_tracing_inputs, record, to_module
+from ..core.inputs import (
+    as_example_args,
+    as_example_sets,
+    cast_tensors,
+    check_tracing_inputs,
+    record,
+    to_module,
+)
 from ..core.modes import decorator_claim, is_known_compile_mode, known_compile_modes
 from ..core.serialization import META_FILE, PLAN_FILE
 from ..core.state import preserved_state
@@ -27,6 +34,7 @@ __all__ = [
     "Resolved",
     "TracingInputs",
     "as_example_args",
+    "as_example_sets",
     "cast_tensors",
     "check_tracing_inputs",
     "class_key",

@@ -20,7 +20,7 @@ import attrs
 import torch
 
 from torchstitch import TracingInputsError
-from torchstitch.plugins.toolkit import TracingInputs, as_example_args, display_path, record_inputs
+from torchstitch.plugins.toolkit import TracingInputs, as_example_sets, display_path, record_inputs
 
 from .diagnosis import Diagnosis, diagnose
 
@@ -109,14 +109,16 @@ def probe(
     ``exports=None``.
 
     :param model: the model (not changed).
-    :param example_inputs: the root's positional arguments (a tuple, or one tensor).
+    :param example_inputs: the root's positional arguments (a tuple, or one tensor), or a
+        list of input sets as :func:`torchstitch.compile` takes (the first is probed: the
+        probe asks whether each module exports, with the sizes it sees).
     :param export_options: keyword arguments of ``torch.export.export`` (default: non-strict).
     :raises TracingInputsError: if the eager run fails.
     """
-    args = as_example_args(example_inputs)
-    if args is None:
+    sets = as_example_sets(example_inputs)
+    if sets is None:
         raise TypeError("probe needs example_inputs: the root's positional arguments")
-    recorded = record_inputs(model, [{"forward": args}])
+    recorded = record_inputs(model, [{"forward": sets[0]}])
     rows = []
     for path, module in model.named_modules():
         scripted = isinstance(module, torch.jit.ScriptModule)

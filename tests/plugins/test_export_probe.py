@@ -259,6 +259,8 @@ def test_probe_of_a_clean_model():
     assert all(row.exports for row in report.rows)
     assert report.failures() == [] and report.deepest_failures() == []
     assert " no " not in report.render()
+    # input sets, as ts.compile takes them: the first is probed
+    assert probe(Clean(), [(X,), (torch.randn(7, *X.shape[1:]),)]).render() == report.render()
 
 
 def test_probe_keeps_torchs_partial_graph_out_of_stderr(capfd):
