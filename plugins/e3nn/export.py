@@ -8,8 +8,9 @@ dynamic).  e3nn puts TorchScript inside its modules in three ways:
 
 - a module-level ``@torch.jit.script`` function called from ``forward``: e3nn 0.4.4's
   ``SphericalHarmonics.forward`` calls ``_spherical_harmonics(self._lmax, x[..., 0], ...)``
-  (``e3nn/o3/_spherical_harmonics.py``), whose ``torch.ones_like(x)`` and ``torch.stack``
-  run in TorchScript's interpreter: the guard ``Eq(edges, 22)`` is added at that call;
+  (``e3nn/o3/_spherical_harmonics.py`` line 82).  Its forward traces symbolically, but
+  forces differentiate it, and TorchScript's autograd of the function records sizes as
+  integers: under ``make_fx`` the guard ``Eq(edges, 22)`` is added at that call;
 - the same function scripted into an instance attribute: e3nn >= 0.5 under
   ``jit_mode="script"`` (``self.sph_func = torch.jit.script(_spherical_harmonics)``);
 - generated ``fx`` code scripted at construction (``CodeGenMixin._codegen_register``,
