@@ -119,13 +119,15 @@ def _make_python_forward_class(cls: type) -> type | None:
     if not scripted:
         return None
     # the same code object, so the same lines and behaviour; only the globals differ
+    namespace = {**forward.__globals__, **scripted}
     function = types.FunctionType(
-        forward.__code__, {**forward.__globals__, **scripted}, forward.__name__, forward.__defaults__, forward.__closure__
+        forward.__code__, namespace, forward.__name__, forward.__defaults__, forward.__closure__
     )
     function.__kwdefaults__ = forward.__kwdefaults__
     function.__qualname__ = forward.__qualname__
     log.debug("e3nn: %s.forward calls %s in Python for export", cls.__qualname__, ", ".join(sorted(scripted)))
-    return type(cls.__name__, (cls,), {"forward": function, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+    body = {"forward": function, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), body)
 
 
 # -- generated code -------------------------------------------------------------------
@@ -212,10 +214,17 @@ def _same_results(module: Any, code: dict[str, torch.fx.GraphModule]) -> bool:
         return torch.randn(*shape, generator=generator, dtype=dtype)
 
     batch = 2
-    weights = () if module.internal_weights else (randn(module.weight_numel) if module.shared_weights else randn(batch, module.weight_numel),)
+
+    def external(numel: int) -> tuple[torch.Tensor, ...]:
+        # weights (biases) the caller passes: shared by the batch or one set per sample
+        if module.internal_weights:
+            return ()
+        return (randn(numel) if module.shared_weights else randn(batch, numel),)
+
+    weights = external(module.weight_numel)
     if _e3nn_base(type(module)) == "Linear":
-        if module.bias_numel and not module.internal_weights:
-            weights += (randn(module.bias_numel) if module.shared_weights else randn(batch, module.bias_numel),)
+        if module.bias_numel:
+            weights += external(module.bias_numel)
         args = (randn(batch, module.irreps_in.dim), *weights)
     else:
         args = (randn(batch, module.irreps_in1.dim), randn(batch, module.irreps_in2.dim), *weights)
