@@ -261,7 +261,11 @@ def test_export_check_records_the_stage_path_and_first_line(peers_modules, monke
     subject = tiny_e3nn_subject(harness)
 
     def refuse(model, **kw):
-        assert [args[0].shape[0] for args in kw["example_inputs"]] == list(harness.SIZES[:2])
+        # the 6- and 9-atom sets as the root's tracing inputs, their differing dims dynamic
+        assert [args[0].shape[0] for args in kw["inputs"][""]] == list(harness.SIZES[:2])
+        assert kw["example_inputs"][0].shape[0] == harness.SIZES[0]
+        (spec,) = kw["strategy_options"]["export"]["dynamic_shapes"][""]
+        assert {axis: dim.__name__ for axis, dim in spec.items()} == {0: "d6_9"}
         raise ts.PlanError("2 node(s) cannot go to target 'export'\nsecond line", path="")
 
     monkeypatch.setattr(checks.ts, "compile", refuse)

@@ -100,12 +100,19 @@ def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs
 def torchstitch_prepare(
     module: torch.nn.Module, node: Node, strategy: Strategy, scratch: dict
 ) -> torch.nn.Module | None:
-    """Make e3nn's fx-generated code scriptable for torch < 2.13, as ``e3nn.util.jit`` does.
+    """Make e3nn's fx-generated code scriptable for torch < 2.13, as ``e3nn.util.jit`` does;
+    for the export family, give it Python code where e3nn runs TorchScript (:mod:`.export`).
 
     Done once per distinct generated code in a compile call: a large network holds
     dozens of copies of a few tensor-product kernels, and regenerating Python for
     each copy would be most of torchstitch's own time in a compile.
     """
+    if strategy.family == "export":
+        if not _e3nn_loaded():
+            return None
+        from .export import size_independent
+
+        return size_independent(module, scratch)
     if (
         not REWRITE_FOR_TORCHSCRIPT
         or strategy.family != "torchscript"
