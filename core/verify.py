@@ -112,12 +112,16 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: _Wal
             return None
         e, a = expected.detach(), actual.detach().to(expected.device)
         nan_e, nan_a = torch.isnan(e), torch.isnan(a)
-        if nan_e.any() or nan_a.any():
+        if not torch.equal(nan_e, nan_a):
             return _fail(
                 state,
                 where,
-                "NaN in the eager output" if nan_e.any() else "NaN in the compiled output",
+                "NaN in the eager output where the compiled one has a number"
+                if (nan_e & ~nan_a).any()
+                else "NaN in the compiled output where eager has a number",
             )
+        if nan_e.any():  # NaN where eager has NaN (a stress of a cluster without a cell): equal
+            e, a = e[~nan_e], a[~nan_e]
         if e.numel() == 0:
             return None
         diff = (e - a).abs()

@@ -112,6 +112,17 @@ def test_nan_on_one_side_is_a_mismatch(side):
     assert math.isnan(mismatch.max_abs_diff)
 
 
+def test_nan_where_eager_has_nan_is_equal_and_the_rest_is_compared():
+    """A stress computed for a cluster without a cell is NaN in eager and compiled alike."""
+    eager = torch.tensor([float("nan"), 1.0, 2.0])
+    diff, mismatch = compare(eager, eager.clone(), DEFAULT)
+    assert mismatch is None and diff == 0.0
+    _, mismatch = compare(eager, torch.tensor([float("nan"), 1.0, 2.5]), DEFAULT)
+    assert mismatch is not None and "values differ by up to 0.5" in mismatch.detail
+    _, mismatch = compare(eager, torch.tensor([1.0, float("nan"), 2.0]), DEFAULT)
+    assert mismatch is not None and "NaN" in mismatch.detail
+
+
 def test_nan_inside_a_structure_is_found():
     clean = torch.ones(2)
     dirty = torch.tensor([1.0, float("nan")])
