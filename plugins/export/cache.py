@@ -127,7 +127,9 @@ def load_exported(folder: Path, shell: torch.nn.Module) -> ExportedModule:
     return ExportedModule(program, source=eager, path=info["path"])
 
 
-def tensor_sources(program: torch.export.ExportedProgram, source: torch.nn.Module | None) -> dict[str, str | None]:
+def tensor_sources(
+    program: torch.export.ExportedProgram, source: torch.nn.Module | None
+) -> dict[str, str | None]:
     """For each tensor of ``program`` (state dict and constants), the name of the tensor
     of ``source`` it is; ``None`` for one of the code's own (a literal ``torch.tensor``).
 
@@ -176,13 +178,16 @@ def refit(
             raise NotRefittable(f"{display_path(path)}: the module has no tensor {origin!r}")
         if (mine.shape, mine.dtype, mine.device) != (value.shape, value.dtype, value.device):
             raise NotRefittable(
-                f"{display_path(path)}: {origin!r} is {_describe(mine)}, the cached program's {_describe(value)}"
+                f"{display_path(path)}: {origin!r} is {_describe(mine)}, "
+                f"the cached program's {_describe(value)}"
             )
         return mine
 
     state_dict = {name: pick(name, value) for name, value in program.state_dict.items()}
     constants = {name: pick(name, value) for name, value in program.constants.items()}
-    return program._update(program.graph_module, program.graph_signature, state_dict=state_dict, constants=constants)
+    return program._update(
+        program.graph_module, program.graph_signature, state_dict=state_dict, constants=constants
+    )
 
 
 def _program_tensors(program: torch.export.ExportedProgram) -> dict[str, Any]:
@@ -243,7 +248,11 @@ def _value_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(_value_text(item) for item in value) + ")"
     if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool, str, type(None))):
-        return repr(value) if not isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)) else str(value)
+        return (
+            repr(value)
+            if not isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool))
+            else str(value)
+        )
     return type(value).__qualname__
 
 
@@ -282,10 +291,15 @@ def compile_package(
         try:
             write_package(entry, program, path)
         except (NotRefittable, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            warn(f"AOTInductor package cache entry {key[:8]} is unusable ({exc}): rebuilding it", TorchstitchWarning)
+            warn(
+                f"AOTInductor package cache entry {key[:8]} is unusable ({exc}): rebuilding it",
+                TorchstitchWarning,
+            )
             cache.discard(key)
         else:
-            log.info("AOTInductor: cache hit %s: reused the compiled package with this model's weights", key[:8])
+            log.info(
+                "AOTInductor: cache hit %s: reused the compiled package with this model's weights", key[:8]
+            )
             return path
     written = _compile(program, path, refit_configs)
     try:
@@ -301,7 +315,9 @@ def compile_package(
 
 def _compile(program: torch.export.ExportedProgram, path: str, configs: Mapping[str, Any]) -> str:
     log.info("AOTInductor: compiling %s (this takes a while)", path)
-    return torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=dict(configs))
+    return torch._inductor.aoti_compile_and_package(
+        program, package_path=path, inductor_configs=dict(configs)
+    )
 
 
 def _write_entry(folder: Path, package: str, layout: Mapping[str, Any]) -> None:
@@ -392,7 +408,10 @@ def weights_blob(constants: list[Constant], tensors: Mapping[str, Any]) -> bytes
         if not isinstance(value, torch.Tensor):
             raise NotRefittable(f"the program has no tensor {constant.fqn!r}")
         if (tuple(value.shape), value.dtype) != (constant.shape, constant.dtype):
-            raise NotRefittable(f"{constant.fqn!r} is {_describe(value)}, the package's {constant.dtype}{list(constant.shape)}")
+            raise NotRefittable(
+                f"{constant.fqn!r} is {_describe(value)}, "
+                f"the package's {constant.dtype}{list(constant.shape)}"
+            )
         chunk = torch.zeros(constant.data_size, dtype=torch.uint8)
         _view(chunk, constant).copy_(value.detach())
         chunks.append(chunk)
@@ -409,7 +428,11 @@ def _same_values(constants: list[Constant], tensors: Mapping[str, Any], written:
     tensor that views part of a larger storage leaves other bytes in its chunk)."""
     if len(written) != sum(c.data_size for c in constants):
         return False
-    blob = torch.frombuffer(bytearray(written), dtype=torch.uint8) if written else torch.zeros(0, dtype=torch.uint8)
+    blob = (
+        torch.frombuffer(bytearray(written), dtype=torch.uint8)
+        if written
+        else torch.zeros(0, dtype=torch.uint8)
+    )
     start = 0
     for constant in constants:
         stored = _view(blob[start : start + constant.data_size], constant)

@@ -22,8 +22,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from torchstitch import ArtifactError, ArtifactFormat
-from torchstitch.plugins.toolkit import META_FILE, PLAN_FILE
+from torchstitch.plugins.toolkit import META_FILE, PLAN_FILE, CompileCache
 
+from .cache import compile_package
 from .guards import InputSpec
 from .module import AOTIModule, ExportedModule
 
@@ -173,21 +174,23 @@ def package_metadata(module: ExportedModule, extra: dict[str, str]) -> dict[str,
 
 def _save_aoti(module: ExportedModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
     """``options``: ``inductor_configs`` for ``aoti_compile_and_package`` (the package
-    metadata torchstitch records is merged into ``aot_inductor.metadata``)."""
+    metadata torchstitch records is merged into ``aot_inductor.metadata``); ``cache_dir``:
+    the compile cache (default ``$TORCHSTITCH_CACHE_DIR``, else none), where a package of
+    the same architecture is reused with this model's weights (see :mod:`.cache`)."""
     if not path.endswith(".pt2"):
         raise ArtifactError(f"an AOTInductor package must be named *.pt2, got {path!r}", path="")
-    unknown = sorted(set(options) - {"inductor_configs"})
+    unknown = sorted(set(options) - {"inductor_configs", "cache_dir"})
     if unknown:
-        raise ArtifactError(f"format 'aoti' takes the option inductor_configs, got {unknown}", path="")
+        raise ArtifactError(
+            f"format 'aoti' takes the options inductor_configs and cache_dir, got {unknown}", path=""
+        )
     configs = dict(options.get("inductor_configs") or {})
     configs["aot_inductor.metadata"] = {
         **configs.get("aot_inductor.metadata", {}),
         **package_metadata(module, extra),
     }
-    log.info("AOTInductor: compiling %s (this takes a while)", path)
-    written = torch._inductor.aoti_compile_and_package(
-        module.program, package_path=path, inductor_configs=configs
-    )
+    cache = CompileCache.from_option(options.get("cache_dir"))
+    written = compile_package(module.program, path, configs, cache)
     # the plan can be large: it goes beside the model as zip members, not into the C++ metadata
     with zipfile.ZipFile(written) as archive:
         prefix = archive.namelist()[0].split("/", 1)[0]
