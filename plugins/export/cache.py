@@ -236,7 +236,9 @@ def _graph_lines(program: torch.export.ExportedProgram) -> Iterator[str]:
             continue
         yield f"graph {name!r}"
         for node in gm.graph.nodes:
-            yield f"{node.format_node()} :: {_value_text(node.meta.get('val'))}"
+            # the output node's value is what its arguments' are (and torch.export.load adds it)
+            value = None if node.op == "output" else node.meta.get("val")
+            yield f"{node.format_node()} :: {_value_text(value)}"
 
 
 def _value_text(value: Any) -> str:

@@ -128,6 +128,14 @@ def test_the_package_key_follows_the_architecture_not_the_weights():
     assert package_key(export_root(Scaled(), x).program, {"max_autotune": True}) != key
 
 
+def test_the_package_key_of_a_program_read_back_from_the_cache_is_the_same(tmp_path):
+    model = Scaled()
+    compiled = export_root(model, (torch.randn(5, 3),))
+    save_exported(compiled, tmp_path)
+    loaded = load_exported(tmp_path, make_shell(model))
+    assert package_key(loaded.program, {}) == package_key(compiled.program, {})
+
+
 # -- AOTInductor packages (each build takes ~20 s: slow, few, sharing one cache) ------------
 
 
