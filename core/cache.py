@@ -28,7 +28,7 @@ import torch
 
 from .._version import __version__
 from ._warn import warn
-from .errors import TorchstitchWarning
+from .errors import TorchstitchWarning, exception_summary
 
 __all__ = ["CacheCodec", "CacheEntry", "CompileCache", "ENV_VAR", "MANIFEST"]
 
@@ -156,8 +156,13 @@ class CompileCache:
             self._write_manifest(key, private, describe)
             self._publish(key, private)
             private = None
-        except OSError as exc:
-            warn(TorchstitchWarning(f"compile cache {str(self.directory)!r}: could not store an entry ({exc})"))
+        except Exception as exc:  # a full disk, a codec that cannot save this module: never a failure
+            warn(
+                TorchstitchWarning(
+                    f"compile cache {str(self.directory)!r}: could not store entry {key[:8]} "
+                    f"({exception_summary(exc)})"
+                )
+            )
         finally:
             if private is not None:
                 shutil.rmtree(private, ignore_errors=True)
