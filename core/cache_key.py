@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import inspect
 import linecache
 import logging
 import sys
@@ -129,10 +128,9 @@ class KeyWriter:
         if not lines:
             # no source (a C-compiled or generated function): its bytecode says what it does
             return f"<no source> {code.co_code.hex()} {code.co_consts!r} {code.co_names!r}"
-        try:
-            return "".join(inspect.getblock(lines[code.co_firstlineno - 1 :]))
-        except (IndexError, SyntaxError, TypeError):
-            return "".join(lines)
+        # the lines the compiled code spans (nested functions included): no tokenizing
+        last = max(_last_lines(code), default=code.co_firstlineno)
+        return "".join(lines[code.co_firstlineno - 1 : last])
 
     # -- modules ---------------------------------------------------------------
 
@@ -175,6 +173,15 @@ def _function_of(value: Any) -> types.FunctionType | None:
     while hasattr(value, "__wrapped__") and not isinstance(value, types.FunctionType):
         value = value.__wrapped__
     return value if isinstance(value, types.FunctionType) else None
+
+
+def _last_lines(code: types.CodeType) -> Iterator[int]:
+    for _, end, _, _ in code.co_positions():
+        if end is not None:
+            yield end
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _last_lines(const)
 
 
 def _global_names(code: types.CodeType) -> Iterator[str]:

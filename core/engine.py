@@ -338,7 +338,7 @@ class _Run:
     def _compile_node(self, node: Node, shell: torch.nn.Module) -> torch.nn.Module:
         assert node.claim is not None
         self.progress.node(node.path, node.claim.strategy)
-        if self.cache.inside_hit(node):
+        if self.cache.inside_hit(node) is not None:
             return self._loaded_with_ancestor(node, shell)
         chain = [node.claim.strategy]
         if self.options.on_error == "fallback":
@@ -482,13 +482,14 @@ class _Run:
         shell stands in until the ancestor's entry replaces the subtree."""
         assert node.claim is not None
         ancestor = self.cache.inside_hit(node)
+        assert ancestor is not None
         strategy = self.plugins.strategies[node.claim.strategy]
         self.outcomes[node.path] = Outcome(
             attempts=(Attempt(strategy.name),),
             training=self._fixed_mode(node, strategy),
-            cache=f"hit in {display_path(ancestor or '')}",
+            cache=f"hit in {display_path(ancestor)}",
         )
-        log.debug("%s: cache hit in %s", display_path(node.path), display_path(ancestor or ""))
+        log.debug("%s: cache hit in %s", display_path(node.path), display_path(ancestor))
         return shell
 
     @contextlib.contextmanager
