@@ -45,9 +45,10 @@ import attrs
 import torch
 from torch.utils import _pytree as pytree
 
-from torchstitch import CompileContext, NodeCompileError, Strategy, TorchstitchWarning
+from torchstitch import CacheCodec, CompileContext, NodeCompileError, Strategy, TorchstitchWarning
 from torchstitch.plugins.toolkit import display_path, exception_summary, first_line, make_shell, warn
 
+from .cache import EXPORT_CODEC_VERSION, load_exported, save_exported
 from .diagnosis import Diagnosis, diagnose
 from .dims import (
     Axis,
@@ -616,4 +617,6 @@ STRATEGY = Strategy(
     ),
     description="torch.export.export (non-strict): one graph for deployment (export/AOTInductor)",
     color="yellow",
+    # cache_dir=: the program is cached by architecture and refitted with the caller's tensors
+    cache=CacheCodec(save=save_exported, load=load_exported, version=EXPORT_CODEC_VERSION),
 )

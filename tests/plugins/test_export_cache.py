@@ -222,3 +222,28 @@ def test_a_package_from_the_cache_runs_in_cpp(packages, deploy_check, tmp_path):
     outputs, _ = run_cpp(deploy_check, "aoti", folder / "warm.pt2", [pos], tmp_path)
     for got, want in zip(outputs, warm_model(pos), strict=True):
         torch.testing.assert_close(got, want)
+
+
+class Shifted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+        self.register_buffer("shift", torch.randn(4), persistent=False)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) + self.shift
+
+
+def test_a_second_compile_of_the_architecture_loads_the_export_node_with_its_own_weights(tmp_path):
+    x = torch.randn(5, 3)
+    engine = ts.Engine(rules=[ts.Rule("export", path="")], cache_dir=tmp_path)
+    first, second = Shifted(), Shifted()
+    cold = engine.compile(first, example_inputs=(x,))
+    assert cold.plan.root.outcome.cache.startswith("miss ")
+    warm = engine.compile(second, example_inputs=(x,))
+    assert warm.plan.root.outcome.cache == "hit " + cold.plan.root.outcome.cache.split()[1]
+    assert isinstance(warm.module, ExportedModule)
+    torch.testing.assert_close(warm.module(x), second(x))
+    assert not torch.allclose(warm.module(x), first(x))
+    assert warm.module.program.state_dict["lin.weight"] is second.lin.weight
+    assert warm.module.unlifted.shift.data_ptr() == second.shift.data_ptr()
