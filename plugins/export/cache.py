@@ -107,22 +107,27 @@ def save_exported(compiled: ExportedModule, folder: Path) -> None:
     (folder / NODE_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))
 
 
-def load_exported(folder: Path, shell: torch.nn.Module) -> ExportedModule:
+def load_exported(
+    folder: Path,
+    shell: torch.nn.Module,
+    *,
+    inline: Callable[[torch.nn.Module], torch.nn.Module] = lambda module: module,
+) -> ExportedModule:
     """Read an export node back from a cache entry, with ``shell``'s weights.
 
     :param folder: the entry written by :func:`save_exported`.
     :param shell: the engine's shell of the node (it shares the caller's tensors).
+    :param inline: what the strategy exports of a shell (its exported children replaced
+        by their eager code); the loaded node keeps it as its ``source``, as a fresh one.
     :returns: what a fresh export of ``shell`` returns: its program and unlifted module
         use the very parameter and buffer tensors of ``shell``.
     :raises NotRefittable: when ``shell`` lacks a tensor the program takes, or has one of
         another shape, dtype or device (the key should have prevented it).
     """
-    from .strategy import _inline_exported  # the strategy imports this module's codec
-
     folder = Path(folder)
     info = json.loads((folder / NODE_FILE).read_text())
     program = torch.export.load(folder / PROGRAM_FILE)
-    eager = _inline_exported(shell)  # as compile_export exports it
+    eager = inline(shell)
     program = refit(program, eager, info["sources"], info["path"])
     return ExportedModule(program, source=eager, path=info["path"])
 

@@ -34,6 +34,7 @@ recorded inputs) are dynamic without any option; see :mod:`.dims` for their name
 
 from __future__ import annotations
 
+import functools
 import inspect
 import linecache
 import logging
@@ -618,5 +619,9 @@ STRATEGY = Strategy(
     description="torch.export.export (non-strict): one graph for deployment (export/AOTInductor)",
     color="yellow",
     # cache_dir=: the program is cached by architecture and refitted with the caller's tensors
-    cache=CacheCodec(save=save_exported, load=load_exported, version=EXPORT_CODEC_VERSION),
+    cache=CacheCodec(
+        save=save_exported,
+        load=functools.partial(load_exported, inline=_inline_exported),
+        version=EXPORT_CODEC_VERSION,
+    ),
 )
