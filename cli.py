@@ -305,7 +305,8 @@ def cmd_cache_info(args: argparse.Namespace) -> int:
     for entry in entries:
         what = entry.describe
         path = what.get("path") or "<root>"
-        print(f"  {entry.key[:8]}  {entry.size / 2**10:8.1f} KiB  {what.get('strategy', '?'):<8} {path} ({what.get('type', '?')})")
+        strategy, kind = what.get("strategy", "?"), what.get("type", "?")
+        print(f"  {entry.key[:8]}  {entry.size / 2**10:8.1f} KiB  {strategy:<8} {path} ({kind})")
     return 0
 
 

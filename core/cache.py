@@ -119,7 +119,11 @@ class CompileCache:
         directory = Path(os.fspath(cache_dir)).expanduser()
         problem = _unusable(directory)
         if problem is not None:
-            warn(TorchstitchWarning(f"compile cache {str(directory)!r} not used ({problem}): compiling uncached"))
+            warn(
+                TorchstitchWarning(
+                    f"compile cache {str(directory)!r} not used ({problem}): compiling uncached"
+                )
+            )
             return None
         return cls(directory)
 
@@ -136,11 +140,17 @@ class CompileCache:
         try:
             self._check(key, folder)
         except _Invalid as exc:
-            warn(TorchstitchWarning(f"compile cache entry {key[:8]} in {str(self.directory)!r} {exc}: rebuilding it"))
+            warn(
+                TorchstitchWarning(
+                    f"compile cache entry {key[:8]} in {str(self.directory)!r} {exc}: rebuilding it"
+                )
+            )
             self.discard(key)
             return None
         except OSError as exc:
-            warn(TorchstitchWarning(f"compile cache entry {key[:8]} could not be read ({exc}): compiling anew"))
+            warn(
+                TorchstitchWarning(f"compile cache entry {key[:8]} could not be read ({exc}): compiling anew")
+            )
             return None
         return folder
 
@@ -217,7 +227,12 @@ class CompileCache:
             raise _Invalid("has no manifest (an interrupted write)") from None
         except ValueError:
             raise _Invalid("has an unreadable manifest") from None
-        expected = {"format": ENTRY_FORMAT, "key": key, "torch": torch.__version__, "torchstitch": __version__}
+        expected = {
+            "format": ENTRY_FORMAT,
+            "key": key,
+            "torch": torch.__version__,
+            "torchstitch": __version__,
+        }
         for field, value in expected.items():
             if manifest.get(field) != value:
                 raise _Invalid(f"was written with {field} {manifest.get(field)!r}, not {value!r}")
@@ -272,7 +287,9 @@ class CompileCache:
             return
         doomed = folder
         if not folder.name.startswith("."):
-            doomed = folder.with_name(f"{_PRIVATE}gone-{folder.name[:16]}-{os.getpid()}-{time.monotonic_ns()}")
+            doomed = folder.with_name(
+                f"{_PRIVATE}gone-{folder.name[:16]}-{os.getpid()}-{time.monotonic_ns()}"
+            )
             try:
                 os.rename(folder, doomed)
             except OSError:

@@ -260,7 +260,8 @@ def plugin_version(pm: Any, plugin_name: str) -> str:
     plugin = pm.get_plugin(plugin_name)
     for loaded, dist in pm.list_plugin_distinfo():
         if loaded is plugin:
-            return f"{dist.project_name if hasattr(dist, 'project_name') else dist.metadata['name']} {dist.version}"
+            name = dist.project_name if hasattr(dist, "project_name") else dist.metadata["name"]
+            return f"{name} {dist.version}"
     module = plugin.__name__ if isinstance(plugin, types.ModuleType) else type(plugin).__module__
     top = sys.modules.get(module.partition(".")[0])
     return f"{module.partition('.')[0]} {getattr(top, '__version__', '?')}"
@@ -290,7 +291,13 @@ def _walk(
     yield f"[{relative}] {writer.module_text(module)}"
     for child in canonical.children:
         yield from _walk(
-            plan, child, f"{relative}.{child.name}" if relative else child.name, modules, compiled, writer, seen
+            plan,
+            child,
+            f"{relative}.{child.name}" if relative else child.name,
+            modules,
+            compiled,
+            writer,
+            seen,
         )
 
 
@@ -337,4 +344,3 @@ def node_key(
 
 class _NoKey(Exception):
     """A descendant compiled on its own without a key (its path is the message)."""
-

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -23,13 +23,27 @@ from ._warn import warn
 from .cache import CompileCache
 from .cache_key import KeyWriter, node_key, plugin_version
 from .errors import TorchstitchWarning, TracingInputsError, display_path, exception_summary
-from .ir import Node
+from .ir import Node, Plan
+from .options import CompileOptions
+from .plugin_manager import PluginSet
 from .stitching import make_shell
-from .strategy import Strategy, TracingInputs
+from .strategy import CompileContext, Strategy, TracingInputs
 from .tracing_inputs import resolve
 
-if TYPE_CHECKING:
-    from .engine import _Run
+
+class RunView(Protocol):
+    """What the cache reads of the engine's run (``engine._Run``)."""
+
+    plan: Plan
+    modules: dict[str, torch.nn.Module]
+    options: CompileOptions
+    plugins: PluginSet
+    #: paths compiled so far, in compilation order
+    compiled_paths: list[str]
+
+    def _context(
+        self, node: Node, strategy: Strategy | None, inputs: TracingInputs, source: str | None
+    ) -> CompileContext: ...
 
 __all__ = ["NodeCache"]
 
@@ -39,7 +53,7 @@ log = logging.getLogger(__name__)
 class NodeCache:
     """The cache of one compile call (``cache=None``: caching is off and every method is a no-op)."""
 
-    def __init__(self, run: _Run, cache: CompileCache | None) -> None:
+    def __init__(self, run: RunView, cache: CompileCache | None) -> None:
         self.run = run
         self.cache = cache
         self.writer = KeyWriter()
@@ -93,7 +107,9 @@ class NodeCache:
         prepares modules (``torchstitch_prepare``), each with its distribution's version."""
         pm = self.run.plugins.pm
         names = [self.run.plugins.providers[strategy.name]]
-        names += sorted(pm.get_name(impl.plugin) or "?" for impl in pm.hook.torchstitch_prepare.get_hookimpls())
+        names += sorted(
+            pm.get_name(impl.plugin) or "?" for impl in pm.hook.torchstitch_prepare.get_hookimpls()
+        )
         for name in names:
             if name not in self._versions:
                 self._versions[name] = plugin_version(pm, name)
@@ -113,7 +129,11 @@ class NodeCache:
         strategy = self._claimed_strategy(node)
         if strategy is not None and self._cacheable(strategy):
             key = self._predict(node)
-            loaded = None if key is None else self._load_entry(node, make_shell(self.run.modules[node.path]), strategy, key)
+            loaded = (
+                None
+                if key is None
+                else self._load_entry(node, make_shell(self.run.modules[node.path]), strategy, key)
+            )
             if loaded is not None:
                 self.preloaded[node.path] = loaded
                 for below in _descendants(node):
@@ -173,7 +193,9 @@ class NodeCache:
 
     # -- loads and stores ----------------------------------------------------
 
-    def load(self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str | None) -> torch.nn.Module | None:
+    def load(
+        self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str | None
+    ) -> torch.nn.Module | None:
         """The node's module from the cache (``None``: a miss, compile it)."""
         if key is None:
             return None
@@ -184,7 +206,9 @@ class NodeCache:
             self.keys[node.path] = f"{strategy.name} {key}"
         return loaded
 
-    def _load_entry(self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str) -> torch.nn.Module | None:
+    def _load_entry(
+        self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str
+    ) -> torch.nn.Module | None:
         assert self.cache is not None and strategy.cache is not None
         folder = self.cache.lookup(key)
         if folder is None:
@@ -205,7 +229,9 @@ class NodeCache:
         log.debug("%s: cache hit %s (%s)", display_path(node.path), key[:8], strategy.name)
         return loaded
 
-    def missed(self, node: Node, strategy: Strategy, key: str | None, compiled: torch.nn.Module) -> str | None:
+    def missed(
+        self, node: Node, strategy: Strategy, key: str | None, compiled: torch.nn.Module
+    ) -> str | None:
         """Note a compiled node for :meth:`flush`; the plan's word on it."""
         if key is None:
             return None
@@ -227,7 +253,7 @@ class NodeCache:
             assert codec is not None
             node = self.run.plan[path]
             describe = {"path": path, "type": node.type_name, "strategy": strategy.name}
-            self.cache.store(key, lambda folder, c=compiled: codec.save(c, folder), describe)
+            self.cache.store(key, lambda folder, c=compiled, save=codec.save: save(c, folder), describe)
         self.pending.clear()
 
 

@@ -14,7 +14,9 @@ def test_info_lists_the_entries_and_clear_removes_them(tmp_path, capsys):
     ts.compile(torch.nn.Linear(3, 3), root_strategy="script", cache_dir=tmp_path)
     assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 entries" in out and "oldest" in out and "script   <root> (torch.nn.modules.linear.Linear)" in out
+    assert (
+        "1 entries" in out and "oldest" in out and "script   <root> (torch.nn.modules.linear.Linear)" in out
+    )
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert "removed 1 entries" in capsys.readouterr().out
     assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []

@@ -137,6 +137,7 @@ def compile(
     trace_options: dict | None = None,
     in_place: bool = True,
     recurse: bool = True,
+    *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Recursively compile a module and all submodules according to their compile modes.
@@ -191,7 +192,7 @@ def compile(
 
 
 def script(
-    mod: torch.nn.Module, in_place: bool = True, cache_dir: str | os.PathLike[str] | None = None
+    mod: torch.nn.Module, in_place: bool = True, *, cache_dir: str | os.PathLike[str] | None = None
 ) -> torch.nn.Module:
     """Script a module.
 
@@ -214,6 +215,7 @@ def trace_module(
     inputs: dict | None = None,
     check_inputs: list | None = None,
     in_place: bool = True,
+    *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Trace a module.
@@ -241,6 +243,7 @@ def trace(
     example_inputs: tuple | None = None,
     check_inputs: list | None = None,
     in_place: bool = True,
+    *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Trace a module.

@@ -227,7 +227,7 @@ def test_other_tracing_input_shapes_are_a_miss(tmp_path):
     assert result.plan["t"].outcome.cache.startswith("miss ")
 
 
-SOURCE = '''
+SOURCE = """
 import torch
 
 
@@ -238,7 +238,7 @@ class Edited(torch.nn.Module):
 
     def forward(self, x):
         return self.lin(x) {op} 1.0
-'''
+"""
 
 
 def test_an_edited_class_is_a_miss(tmp_path, monkeypatch):
@@ -253,7 +253,9 @@ def test_an_edited_class_is_a_miss(tmp_path, monkeypatch):
         sys.modules.pop("edited_module_for_cache", None)
         importlib.invalidate_caches()
         model = importlib.import_module("edited_module_for_cache").Edited()
-        result = ts.Engine(cache_dir=tmp_path / "cache").compile(model, example_inputs=(x,), root_strategy="script")
+        result = ts.Engine(cache_dir=tmp_path / "cache").compile(
+            model, example_inputs=(x,), root_strategy="script"
+        )
         torch.testing.assert_close(result.module(x), model(x))
         return result.plan.root.outcome.cache
 

@@ -56,11 +56,16 @@ def refit(loaded: torch.jit.ScriptModule, shell: torch.nn.Module) -> None:
     theirs = {(kind, name): tensor for kind, name, tensor in _tensors(loaded)}
     if ours.keys() != theirs.keys():
         differ = sorted(f"{kind} {name}" for kind, name in ours.keys() ^ theirs.keys())
-        raise ValueError(f"the archive's parameters and buffers differ from the module's: {', '.join(differ[:5])}")
+        raise ValueError(
+            f"the archive's parameters and buffers differ from the module's: {', '.join(differ[:5])}"
+        )
     for (kind, name), tensor in ours.items():
         old = theirs[(kind, name)]
         if old.shape != tensor.shape or old.dtype != tensor.dtype:
-            raise ValueError(f"the archive's {kind} {name} is {tuple(old.shape)} {old.dtype}, not {tuple(tensor.shape)} {tensor.dtype}")
+            raise ValueError(
+                f"the archive's {kind} {name} is {tuple(old.shape)} {old.dtype}, "
+                f"not {tuple(tensor.shape)} {tensor.dtype}"
+            )
         *owners, attribute = name.split(".")
         target = loaded
         for owner in owners:  # ScriptModules have no get_submodule

@@ -59,9 +59,13 @@ def test_a_hit_with_other_weights_gives_their_outputs_and_shares_their_storage(t
 
 def test_freeze_runs_on_the_loaded_modules_and_is_not_cached(tmp_path):
     x = torch.randn(4, 3)
-    ts.Engine(cache_dir=tmp_path, freeze=True).compile(Model().eval(), example_inputs=(x,), root_strategy="script")
+    ts.Engine(cache_dir=tmp_path, freeze=True).compile(
+        Model().eval(), example_inputs=(x,), root_strategy="script"
+    )
     model = Model().eval()
-    result = ts.Engine(cache_dir=tmp_path, freeze=True).compile(model, example_inputs=(x,), root_strategy="script")
+    result = ts.Engine(cache_dir=tmp_path, freeze=True).compile(
+        model, example_inputs=(x,), root_strategy="script"
+    )
     assert result.plan.root.outcome.cache.startswith("hit ")
     torch.testing.assert_close(result.module(x), model(x))
     [entry] = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
