@@ -183,7 +183,7 @@ class CompileCache:
 
     def entries(self) -> list[CacheEntry]:
         """Every entry with a readable manifest, oldest first."""
-        found = []
+        found: list[CacheEntry] = []
         if not self.directory.is_dir():
             return found
         for folder in self.directory.iterdir():

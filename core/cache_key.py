@@ -147,8 +147,8 @@ class KeyWriter:
             if name in _TORCH_FIELDS or "_hooks" in name or name in ("_graph", "graph", "_code", "code"):
                 continue
             parts.append(f"attr {name} = {describe_value(value, self, 0)}")
-        for name, tensor in module._parameters.items():
-            parts.append(f"param {name} {tensor_spec(tensor)}")
+        for name, parameter in module._parameters.items():
+            parts.append(f"param {name} {tensor_spec(parameter)}")
         for name, tensor in module._buffers.items():
             persistent = name not in module._non_persistent_buffers_set
             parts.append(f"buffer {name} {tensor_spec(tensor)} persistent={persistent}")
@@ -176,7 +176,12 @@ def _function_of(value: Any) -> types.FunctionType | None:
 
 
 def _last_lines(code: types.CodeType) -> Iterator[int]:
-    for _, end, _, _ in code.co_positions():
+    positions = getattr(code, "co_positions", None)  # 3.11+: where each expression ends
+    if positions is not None:
+        ends = (end for _, end, _, _ in positions())
+    else:  # 3.10: where each instruction's line starts
+        ends = (line for _, _, line in code.co_lines())
+    for end in ends:
         if end is not None:
             yield end
     for const in code.co_consts:
@@ -272,7 +277,7 @@ def _walk(
     node: Node,
     relative: str,
     modules: Mapping[str, torch.nn.Module],
-    compiled: Mapping[str, str],
+    compiled: Mapping[str, str | None],
     writer: KeyWriter,
     seen: dict[int, str],
 ) -> Iterator[str]:

@@ -13,14 +13,16 @@ holds its node's whole subtree.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from ._warn import warn
-from .cache import CompileCache
+from .cache import CacheCodec, CompileCache
 from .cache_key import KeyWriter, node_key, plugin_version
 from .errors import TorchstitchWarning, TracingInputsError, display_path, exception_summary
 from .ir import Node, Plan
@@ -45,7 +47,13 @@ class RunView(Protocol):
         self, node: Node, strategy: Strategy | None, inputs: TracingInputs, source: str | None
     ) -> CompileContext: ...
 
+
 __all__ = ["NodeCache"]
+
+
+def _save_into(codec: CacheCodec, compiled: torch.nn.Module, folder: Path) -> None:
+    codec.save(compiled, folder)
+
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +261,7 @@ class NodeCache:
             assert codec is not None
             node = self.run.plan[path]
             describe = {"path": path, "type": node.type_name, "strategy": strategy.name}
-            self.cache.store(key, lambda folder, c=compiled, save=codec.save: save(c, folder), describe)
+            self.cache.store(key, functools.partial(_save_into, codec, compiled), describe)
         self.pending.clear()
 
 

@@ -40,10 +40,10 @@ def _load(folder: Path, shell: torch.nn.Module) -> torch.nn.Module:
 
 def _tensors(module: torch.nn.Module) -> Iterator[tuple[str, str, torch.Tensor]]:
     """``(kind, dotted name, tensor)`` of every parameter and buffer, shared ones under each name."""
-    for name, tensor in module.named_parameters(remove_duplicate=False):
-        yield "parameter", name, tensor
-    for name, tensor in module.named_buffers(remove_duplicate=False):
-        yield "buffer", name, tensor
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        yield "parameter", name, parameter
+    for name, buffer in module.named_buffers(remove_duplicate=False):
+        yield "buffer", name, buffer
 
 
 def refit(loaded: torch.jit.ScriptModule, shell: torch.nn.Module) -> None:
