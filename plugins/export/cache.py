@@ -95,12 +95,14 @@ class NotRefittable(Exception):
 # -- export nodes ------------------------------------------------------------------
 
 
-def save_exported(compiled: ExportedModule, folder: Path) -> None:
+def save_exported(compiled: torch.nn.Module, folder: Path) -> None:
     """Write an export node to a cache entry: the program and where its tensors came from.
 
-    :param compiled: a freshly compiled node (its ``source`` is the shell it was exported from).
+    :param compiled: a freshly compiled node, an :class:`ExportedModule` (its ``source`` is
+        the shell it was exported from).
     :param folder: the entry's empty folder.
     """
+    assert isinstance(compiled, ExportedModule), "the export strategy compiles ExportedModules"
     folder = Path(folder)
     torch.export.save(compiled.program, folder / PROGRAM_FILE)
     info = {"path": compiled.path, "sources": tensor_sources(compiled.program, compiled.source)}
