@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from torchstitch.core import hookspecs
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: the pages written for the site, whose every Python block runs here
@@ -25,6 +27,13 @@ SITE_PAGES = sorted(
     for folder in ("tutorials", "how-to", "reference", "explanation")
     for path in (DOCS / folder).glob("*.md")
 ) + ["getting-started.md", "index.md"]
+
+
+#: every hookspec, and how many are firstresult
+HOOKSPECS = [name for name in dir(hookspecs) if name.startswith("torchstitch_")]
+FIRSTRESULT = sum(
+    bool(getattr(getattr(hookspecs, name), "torchstitch_spec", {}).get("firstresult")) for name in HOOKSPECS
+)
 
 
 def python_blocks(markdown: str) -> list[str]:
@@ -89,8 +98,13 @@ def test_site_builds_with_warnings_as_errors(tmp_path):
         assert (out / f"{page}.html").is_file(), page
     api = (out / "reference" / "api.html").read_text()
     assert 'id="torchstitch.compile"' in api and 'id="torchstitch.Plan.render"' in api
+    hooks = (out / "reference" / "hooks.html").read_text()
+    for name in HOOKSPECS:
+        assert f'id="torchstitch.core.hookspecs.{name}"' in hooks, name
+    assert hooks.count("the first answer other than") == FIRSTRESULT
     cli = (out / "reference" / "cli.html").read_text()
     assert "torchstitch plan" in cli and "--probe" in cli
+    assert cli.count("<table") == 5 and "list-table" not in cli  # generated reST, parsed as reST
     # every local link of every page points at a file of the site
     for page in out.rglob("*.html"):
         parser = _Links()

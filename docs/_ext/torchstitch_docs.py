@@ -5,11 +5,13 @@ Directives (each generates reStructuredText from the code, so the page cannot go
 - ``torchstitch-cli``: the command line, from :func:`torchstitch.cli.build_parser`
   (lighter than sphinx-argparse, and the same text ``--help`` prints).
 - ``torchstitch-formats``: the artifact formats the installed plugins provide.
-- ``torchstitch-reasons``: the export plugin's reason codes, with meaning and cure.
+
+Pages use them inside ``{eval-rst}`` blocks: what they generate is reStructuredText.
 
 Checks (warnings, which ``.ci/docs`` turns into errors): a name of
-``torchstitch.__all__`` that no page documents, and a public name (or a public
-method of a public class) without a docstring.
+``torchstitch.__all__`` that no page documents, a public name (or a public
+method of a public class) without a docstring, and a reason code of the export
+plugin missing from docs/export-reasons.md.
 """
 
 from __future__ import annotations
@@ -75,11 +77,12 @@ def _option_rows(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str]]:
             invocation = ", ".join(f"{option}{metavar}" for option in action.option_strings)
         else:
             invocation = action.metavar or action.dest
-        text = (action.help or "").replace("%(default)s", str(action.default))
+        text = (action.help or "").replace("%(default)s", str(action.default)).rstrip(".")
         if action.choices and not isinstance(action, argparse.BooleanOptionalAction):
-            text = f"{text} One of: {', '.join(map(str, action.choices))}.".strip()
-        if action.required:
-            text = f"Required. {text}"
+            text = f"{text}; one of {', '.join(map(str, action.choices))}".lstrip("; ")
+        if action.required and action.option_strings:
+            text = f"required; {text}"
+        text = text or "see above"
         yield invocation, text
 
 
@@ -165,26 +168,6 @@ class FormatsDirective(_GeneratedRst):
                 yield f"   * - ``{fmt.name}``"
                 yield f"     - ``{impl.plugin_name}``"
                 yield f"     - {_escape(fmt.description)}"
-        yield ""
-
-
-class ReasonsDirective(_GeneratedRst):
-    """The export plugin's reason codes, from ``plugins/export/diagnosis.py``."""
-
-    def lines(self) -> Iterator[str]:
-        from torchstitch.plugins.export import diagnosis
-
-        yield ".. list-table::"
-        yield "   :header-rows: 1"
-        yield "   :widths: 20 40 40"
-        yield ""
-        yield "   * - code"
-        yield "     - what it means"
-        yield "     - the hint torchstitch gives"
-        for reason in diagnosis._REASONS:  # the module's table, read where it is kept
-            yield f"   * - ``{reason.code}``"
-            yield f"     - {_escape(reason.meaning)}"
-            yield f"     - {_escape(reason.cure)}"
         yield ""
 
 
@@ -307,7 +290,6 @@ def _check_reason_codes(app: Sphinx, env: Any) -> None:
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("torchstitch-cli", CliDirective)
     app.add_directive("torchstitch-formats", FormatsDirective)
-    app.add_directive("torchstitch-reasons", ReasonsDirective)
     app.connect("source-read", _guides_toctree)
     app.connect("env-get-outdated", _reread_guides)
     app.connect("doctree-read", _repository_links)
