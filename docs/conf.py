@@ -49,6 +49,11 @@ nitpick_ignore_regex = [
     ("py:.*", r"(torchstitch\.core\.[a-z_]+\.)?(TracingInputs|PluginSet|Tolerance|CompiledWithPlan|R)"),
 ]
 
+# one parameter a line once a signature is long (compile() takes twenty)
+python_maximum_signature_line_length = 88
+# quotes and ellipses only: "--verbose" in the generated CLI reference stays two dashes
+smartquotes_action = "qe"
+
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 # undoc-members: a public member without a docstring shows, and the extension reports it
