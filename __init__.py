@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what static tools and IDEs read; at run time names load laz
         compile,
         plan,
     )
+    from .core.cache import CacheCodec
     from .core.claims import (
         Claim,
         ClaimKind,
@@ -88,6 +89,7 @@ _LAZY: dict[str, str] = {
     "script": ".plugins.builtin.torchscript.api",
     "trace": ".plugins.builtin.torchscript.api",
     "trace_module": ".plugins.builtin.torchscript.api",
+    "CacheCodec": ".core.cache",
     "Claim": ".core.claims",
     "ClaimKind": ".core.claims",
     "Rule": ".core.claims",
@@ -149,6 +151,7 @@ __all__ = [
     "ArtifactError",
     "ArtifactFormat",
     "Attempt",
+    "CacheCodec",
     "Claim",
     "Divergence",
     "ClaimKind",

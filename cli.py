@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Any, TextIO
 import pluggy
 import torch
 
+from .core.cache import ENV_VAR as CACHE_ENV_VAR
+from .core.cache import CompileCache
 from .core.errors import StitchError
 from .core.hookspecs import PROJECT
 from .core.plugin_manager import AUTOLOAD_ENV, BUILTIN_PLUGINS, CORE_PLUGINS, PluginSet, make_plugin_manager
@@ -280,6 +283,40 @@ def _entry_point_dists() -> dict[str, str]:
     return found
 
 
+def _cache_of(args: argparse.Namespace) -> CompileCache:
+    directory = args.dir or os.environ.get(CACHE_ENV_VAR)
+    if not directory:
+        raise UsageError(f"no cache folder: pass --dir, or set {CACHE_ENV_VAR}")
+    return CompileCache(directory)
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def cmd_cache_info(args: argparse.Namespace) -> int:
+    """``torchstitch cache info``: the entries of a cache folder, their size, oldest and newest."""
+    cache = _cache_of(args)
+    entries = cache.entries()
+    total = sum(entry.size for entry in entries)
+    print(f"cache {cache.directory}: {len(entries)} entries, {total / 2**20:.1f} MiB")
+    if entries:
+        print(f"oldest {_when(entries[0].created)}, newest {_when(entries[-1].created)}")
+    for entry in entries:
+        what = entry.describe
+        path = what.get("path") or "<root>"
+        strategy, kind = what.get("strategy", "?"), what.get("type", "?")
+        print(f"  {entry.key[:8]}  {entry.size / 2**10:8.1f} KiB  {strategy:<8} {path} ({kind})")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace) -> int:
+    """``torchstitch cache clear``: remove every entry of a cache folder."""
+    cache = _cache_of(args)
+    print(f"cache {cache.directory}: removed {cache.clear()} entries")
+    return 0
+
+
 def cmd_strategies(args: argparse.Namespace) -> int:
     plugins = _plugins(args)
     pm = make_plugin_manager(plugins)
@@ -442,6 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
         "strategies", parents=[common], help="list strategies, the plugins providing them, and hooks"
     )
     strat.set_defaults(run=cmd_strategies)
+
+    cache = subs.add_parser("cache", help="manage the compile cache (docs/cache.md)")
+    cache_subs = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    for name, run, text in (
+        ("info", cmd_cache_info, "list the entries, their total size, the oldest and newest"),
+        ("clear", cmd_cache_clear, "remove every entry"),
+    ):
+        action = cache_subs.add_parser(name, help=text)
+        action.add_argument("--dir", metavar="D", help=f"the cache folder (default: ${CACHE_ENV_VAR})")
+        action.set_defaults(run=run)
 
     demo = subs.add_parser("demo", help="compile the README's seed scenario end to end (needs e3nn)")
     demo.add_argument("-o", "--output", default="seed_model.pt", metavar="FILE")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ def compile(
     freeze: bool = False,
     target: str | None = None,
     progress: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
     root_strategy: str | Claim | None = None,
 ) -> torch.nn.Module:
     """Compile ``module`` piece by piece and return the stitched model.
@@ -95,6 +97,9 @@ def compile(
     :param target: compile every claimed node for this artifact family (e.g.
         ``"export"``, from the export plugin) instead of the family claimed.
     :param progress: show which node is compiling on stderr (only on a terminal).
+    :param cache_dir: a folder caching compiled nodes by architecture (a later compile of
+        the same architecture, other weights included, loads them); ``None``:
+        ``$TORCHSTITCH_CACHE_DIR``, else no cache.  See docs/cache.md.
     :param root_strategy: force the root's strategy (a name such as ``"script"``).
     """
     engine = Engine(
@@ -113,6 +118,7 @@ def compile(
         freeze=freeze,
         target=target,
         progress=progress,
+        cache_dir=cache_dir,
     )
     result = engine.compile(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
     return result.module

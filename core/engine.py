@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ import attrs
 import torch
 
 from . import reporting, tracing_inputs
+from .cache import CompileCache
+from .cache_run import NodeCache
 from .claims import Claim, ClaimKind, Rule
 from .errors import (
     NodeCompileError,
@@ -78,6 +81,7 @@ class Engine:
         freeze: bool = False,
         target: str | None = None,
         progress: bool = False,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.options = CompileOptions.from_arguments(
             rules=rules,
@@ -95,6 +99,7 @@ class Engine:
             freeze=freeze,
             target=target,
             progress=progress,
+            cache_dir=cache_dir,
         )
 
     def plan(
@@ -256,6 +261,7 @@ class _Run:
         self.fixed_in_training: dict[str, tuple[str, list[str]]] = {}
         #: CompileContext.scratch: the strategies' per-call memo
         self.scratch: dict[Any, Any] = {}
+        self.cache = NodeCache(self, CompileCache.from_option(options.cache_dir))
         #: whether any node is compiled (else the root is not verified)
         self.compiles_any = any(node.region is not None for node in self.plan.walk())
         n_claimed = sum(1 for n in self.plan.walk() if n.claim is not None and n.shared_with is None)
@@ -280,6 +286,7 @@ class _Run:
         targets = self._recording_targets()
         if self.example_sets is not None and (self.options.verify or targets):
             self._record(root, targets)
+        self.cache.find_subtrees()
         try:
             result = self.stitcher.build()
         finally:
@@ -289,6 +296,7 @@ class _Run:
         )
         if self.recording is not None and self.options.verify and self.compiles_any:
             self.verifier.verify_root(result)
+        self.cache.flush()  # only what compiled, stitched and verified
         if self.options.in_place:
             self.stitcher.commit()
             if result is self.stitcher.shell_of(root):
@@ -330,6 +338,8 @@ class _Run:
     def _compile_node(self, node: Node, shell: torch.nn.Module) -> torch.nn.Module:
         assert node.claim is not None
         self.progress.node(node.path, node.claim.strategy)
+        if self.cache.inside_hit(node) is not None:
+            return self._loaded_with_ancestor(node, shell)
         chain = [node.claim.strategy]
         if self.options.on_error == "fallback":
             chain += [
@@ -412,18 +422,22 @@ class _Run:
             self.state.restore(original)
         start = time.perf_counter()
         provider = self.plugins.providers[strategy.name]
-        with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
-            try:
-                compiled = strategy.compile(module, context)
-            except StitchError:
-                raise
-            except Exception as exc:
-                raise NodeCompileError(
-                    f"{strategy.name} failed on {node.short_type_name}: {exception_summary(exc)}",
-                    path=node.path,
-                    strategy=strategy.name,
-                    claimant=claimant,
-                ) from exc
+        key = self.cache.key(node, strategy, inputs)
+        compiled = self.cache.load(node, shell, strategy, key)
+        hit = compiled is not None
+        if compiled is None:
+            with self._caller_tensors_kept(guard, node, strategy, "Strategy.compile", provider):
+                try:
+                    compiled = strategy.compile(module, context)
+                except StitchError:
+                    raise
+                except Exception as exc:
+                    raise NodeCompileError(
+                        f"{strategy.name} failed on {node.short_type_name}: {exception_summary(exc)}",
+                        path=node.path,
+                        strategy=strategy.name,
+                        claimant=claimant,
+                    ) from exc
         seconds = time.perf_counter() - start
         if not isinstance(compiled, torch.nn.Module):
             raise PluginError(
@@ -442,12 +456,17 @@ class _Run:
         if strategy.verify and self.options.verify and inputs:
             n_verified, max_diff = self.verifier.verify_node(node, strategy, compiled, inputs, source)
             self.verified_on[node.path] = inputs
+        if hit and key is not None:
+            cache_word: str | None = f"hit {key[:8]}"
+        else:
+            cache_word = self.cache.missed(node, strategy, key, compiled) if strategy.compiles else None
         log.debug(
-            "%s: %s in %.1f ms (inputs: %s)",
+            "%s: %s in %.1f ms (inputs: %s%s)",
             display_path(node.path),
             strategy.name,
             seconds * 1e3,
             source,
+            "" if cache_word is None else f"; cache {cache_word}",
         )
         return compiled, Outcome(
             seconds=seconds,
@@ -455,7 +474,23 @@ class _Run:
             n_verified=n_verified,
             max_abs_diff=max_diff,
             notes=_checked_notes(context.notes, node, strategy, self.plugins.providers[strategy.name]),
+            cache=cache_word,
         )
+
+    def _loaded_with_ancestor(self, node: Node, shell: torch.nn.Module) -> torch.nn.Module:
+        """A claimed node inside a subtree the cache loads whole: nothing to compile; its
+        shell stands in until the ancestor's entry replaces the subtree."""
+        assert node.claim is not None
+        ancestor = self.cache.inside_hit(node)
+        assert ancestor is not None
+        strategy = self.plugins.strategies[node.claim.strategy]
+        self.outcomes[node.path] = Outcome(
+            attempts=(Attempt(strategy.name),),
+            training=self._fixed_mode(node, strategy),
+            cache=f"hit in {display_path(ancestor)}",
+        )
+        log.debug("%s: cache hit in %s", display_path(node.path), display_path(ancestor))
+        return shell
 
     @contextlib.contextmanager
     def _caller_tensors_kept(

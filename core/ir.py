@@ -109,6 +109,10 @@ class Outcome:
     #: the order given (``("dynamic", "atoms: pos[0], species[0]")``, ``("via", "make_fx")``);
     #: see :attr:`~torchstitch.CompileContext.notes`
     notes: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(v).items()))
+    #: the compile cache's word on the node: ``"hit 1a2b3c4d"`` (loaded from the cache),
+    #: ``"miss 1a2b3c4d"`` (compiled, then stored), with the key's short hash; ``"hit in
+    #: PATH"`` (loaded as part of an ancestor's entry); ``None``: no cache
+    cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The outcome as JSON-ready data (part of :meth:`Node.to_dict`; ``NaN`` and infinities as text)."""
@@ -120,6 +124,7 @@ class Outcome:
             "attempts": [a.to_dict() for a in self.attempts],
             "training": self.training,
             "notes": dict(self.notes),
+            "cache": self.cache,
         }
 
     @classmethod
@@ -133,6 +138,7 @@ class Outcome:
             attempts=tuple(Attempt(**a) for a in data["attempts"]),
             training=data.get("training"),  # absent from plans saved before it was recorded
             notes=data.get("notes", {}),
+            cache=data.get("cache"),
         )
 
 
@@ -377,6 +383,8 @@ def _describe_outcome(outcome: Outcome) -> str:
     if outcome.training is not None:
         parts.append("train mode" if outcome.training else "eval mode")
     parts += [f"{key}: {value}" for key, value in outcome.notes]
+    if outcome.cache is not None:
+        parts.append(f"cache {outcome.cache}")
     failed = [a for a in outcome.attempts if a.error_type is not None]
     if failed:
         tried = ", ".join(f"{a.strategy} failed ({a.error_type})" for a in failed)

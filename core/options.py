@@ -10,6 +10,7 @@ with the fields here.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -80,6 +81,10 @@ class CompileOptions:
     #: an artifact family (``"export"``) every compiled node is retargeted to; ``None``: as claimed
     target: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
+    #: folder of the compile cache (docs/cache.md); ``None``: ``$TORCHSTITCH_CACHE_DIR``, else none
+    cache_dir: str | os.PathLike[str] | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of((str, os.PathLike)))
     )
 
     def for_strategy(self, name: str) -> Mapping[str, Any]:

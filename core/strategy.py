@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
+from .cache import CacheCodec
 from .errors import PlanError, StitchError
 from .render import COLORS
 from .verify import tolerance_validator
@@ -90,6 +91,11 @@ class Strategy:
     #: ``None``: by dtype.  The caller's ``atol=``/``rtol=`` win over these.
     atol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
     rtol: float | None = attrs.field(default=None, validator=tolerance_validator("Strategy."))
+    #: how the compile cache (``cache_dir=``) writes this strategy's compiled nodes and reads
+    #: them back with the caller's weights; ``None``: its nodes are never cached
+    cache: CacheCodec | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(CacheCodec))
+    )
 
     def can_hold(self, child: Strategy) -> bool:
         """Whether a ``child`` node claimed by another strategy may sit inside this one's region."""

@@ -65,6 +65,10 @@ class _Walk:
     keeps_fields: tuple[str, ...]
     largest: float = 0.0
     mismatch: Mismatch | None = None
+    #: where eager gave NaN, matched by NaN in the compiled output (the first place)
+    nan_at: str | None = None
+    #: whether any floating value that is not NaN was compared
+    compared_numbers: bool = False
 
 
 def compare(
@@ -85,6 +89,10 @@ def compare(
     """
     state = _Walk(tuple(keeps_fields))
     _compare(expected, actual, tolerance, "output", state)
+    if state.nan_at is not None and not state.compared_numbers:
+        # NaN for NaN is equal next to numbers that agree (a stress of a cluster without a
+        # cell), but an output with nothing but NaN verifies nothing
+        _fail(state, state.nan_at, "NaN in the eager output, and no number to compare anywhere")
     return state.largest, state.mismatch
 
 
@@ -121,9 +129,11 @@ def _compare(expected: Any, actual: Any, tol: Tolerance, where: str, state: _Wal
                 else "NaN in the compiled output where eager has a number",
             )
         if nan_e.any():  # NaN where eager has NaN (a stress of a cluster without a cell): equal
+            state.nan_at = state.nan_at or where
             e, a = e[~nan_e], a[~nan_e]
         if e.numel() == 0:
             return None
+        state.compared_numbers = True
         diff = (e - a).abs()
         largest = float(diff.max())
         state.largest = max(state.largest, largest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..core._warn import warn
+from ..core.cache import CompileCache
 from ..core.errors import display_path, exception_summary, first_line
 from ..core.inputs import (
     as_example_args,
@@ -29,6 +30,7 @@ from ..core.tracing_inputs import Resolved, resolve_tracing_inputs
 from .graph_modules import class_key, shared_class
 
 __all__ = [
+    "CompileCache",
     "META_FILE",
     "PLAN_FILE",
     "Resolved",

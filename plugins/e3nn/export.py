@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -142,10 +142,16 @@ def _regenerated_code(module: torch.nn.Module, scratch: dict[Any, Any]) -> dict[
         return {}
     # identical scripted code (a network's many copies of one kernel): identical fx code,
     # which holds no weights (they are arguments), so one regeneration serves them all
-    key = ("e3nn", "regenerated", type(module), tuple(module._modules[n].code for n in scripted))
+    key = ("e3nn", "regenerated", type(module), tuple(_scripted_code(module, n) for n in scripted))
     if key not in scratch:
         scratch[key] = _regenerate(module, scripted)
     return scratch[key]
+
+
+def _scripted_code(module: torch.nn.Module, name: str) -> str:
+    child = module._modules[name]
+    assert isinstance(child, torch.jit.ScriptModule)
+    return child.code
 
 
 def _e3nn_base(cls: type) -> str | None:
@@ -157,7 +163,7 @@ def _e3nn_base(cls: type) -> str | None:
     return None
 
 
-def _regenerate(module: torch.nn.Module, names: list[str]) -> dict[str, torch.nn.Module]:
+def _regenerate(module: torch.nn.Module, names: list[str]) -> Mapping[str, torch.nn.Module]:
     try:
         code = _codegen(module)
     except Exception as exc:  # a signature this e3nn does not have: leave the scripted code

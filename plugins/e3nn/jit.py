@@ -31,6 +31,7 @@ The same names, signatures and defaults as ``e3nn.util.jit`` (``compile_mode``,
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -136,6 +137,8 @@ def compile(
     trace_options: dict | None = None,
     in_place: bool = True,
     recurse: bool = True,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Recursively compile a module and all submodules according to their compile modes.
 
@@ -157,6 +160,8 @@ def compile(
         false, ``mod`` is left untouched and the result shares its tensors.
     :param recurse: compile submodules that have a mode of their own before
         their parent; if false only ``mod``'s own mode counts.
+    :param cache_dir: torchstitch's compile cache (docs/cache.md); ``None``:
+        ``$TORCHSTITCH_CACHE_DIR``, else none.
     :returns: the compiled module (``mod`` itself when ``mod`` has no mode).
     :raises torchstitch.UnsupportedModuleError: (a ``NotImplementedError``) when
         ``mod``'s own mode is ``"unsupported"``, or an unsupported module sits
@@ -182,10 +187,13 @@ def compile(
         n_trace_checks=n_trace_checks,
         script_options=script_options,
         trace_options=trace_options,
+        cache_dir=cache_dir,
     )
 
 
-def script(mod: torch.nn.Module, in_place: bool = True) -> torch.nn.Module:
+def script(
+    mod: torch.nn.Module, in_place: bool = True, *, cache_dir: str | os.PathLike[str] | None = None
+) -> torch.nn.Module:
     """Script a module.
 
     Like ``torch.jit.script``, but first recursively compiles ``mod``'s
@@ -195,10 +203,11 @@ def script(mod: torch.nn.Module, in_place: bool = True) -> torch.nn.Module:
 
     :param mod: the module to script.
     :param in_place: as for :func:`compile`.
+    :param cache_dir: as for :func:`compile`.
     :returns: the scripted module.
     """
     _warn_if_mode_differs(mod, "script")
-    return _ts_script(mod, in_place=in_place)
+    return _ts_script(mod, in_place=in_place, cache_dir=cache_dir)
 
 
 def trace_module(
@@ -206,6 +215,8 @@ def trace_module(
     inputs: dict | None = None,
     check_inputs: list | None = None,
     in_place: bool = True,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Trace a module.
 
@@ -220,10 +231,11 @@ def trace_module(
     :param check_inputs: more ``{method_name: args_tuple}`` dicts; the traced
         module must match eager on each (used only with ``inputs``).
     :param in_place: as for :func:`compile`.
+    :param cache_dir: as for :func:`compile`.
     :returns: the traced module.
     """
     _warn_if_mode_differs(mod, "trace")
-    return _ts_trace_module(mod, inputs, check_inputs, in_place=in_place)
+    return _ts_trace_module(mod, inputs, check_inputs, in_place=in_place, cache_dir=cache_dir)
 
 
 def trace(
@@ -231,6 +243,8 @@ def trace(
     example_inputs: tuple | None = None,
     check_inputs: list | None = None,
     in_place: bool = True,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> torch.nn.Module:
     """Trace a module.
 
@@ -243,10 +257,11 @@ def trace(
     :param check_inputs: more argument tuples; the traced module must match
         eager on each (used only with ``example_inputs``).
     :param in_place: as for :func:`compile`.
+    :param cache_dir: as for :func:`compile`.
     :returns: the traced module.
     """
     _warn_if_mode_differs(mod, "trace")
-    return _ts_trace(mod, example_inputs, check_inputs, in_place=in_place)
+    return _ts_trace(mod, example_inputs, check_inputs, in_place=in_place, cache_dir=cache_dir)
 
 
 def get_tracing_inputs(

@@ -121,6 +121,11 @@ def test_nan_where_eager_has_nan_is_equal_and_the_rest_is_compared():
     assert mismatch is not None and "values differ by up to 0.5" in mismatch.detail
     _, mismatch = compare(eager, torch.tensor([1.0, float("nan"), 2.0]), DEFAULT)
     assert mismatch is not None and "NaN" in mismatch.detail
+    # nothing but NaN verifies nothing
+    all_nan = {"energy": torch.full((1,), float("nan")), "stress": torch.full((3, 3), float("nan"))}
+    _, mismatch = compare(all_nan, {k: v.clone() for k, v in all_nan.items()}, DEFAULT)
+    assert mismatch is not None and mismatch.where == "output['energy']"
+    assert "no number to compare" in mismatch.detail
 
 
 def test_nan_inside_a_structure_is_found():

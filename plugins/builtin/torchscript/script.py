@@ -10,6 +10,8 @@ import torch
 from torchstitch import CompileContext, Strategy, hookimpl
 from torchstitch.plugins.toolkit import make_shell, shared_class
 
+from .cache import CODEC
+
 # torch warns about fx.GraphModule's instance-level annotations whenever one is
 # scripted; the metadata it means is irrelevant to the compiled module.  Matched
 # exactly, and only around scripting a GraphModule (pytorch/pytorch#89064).
@@ -55,6 +57,7 @@ STRATEGY = Strategy(
     can_contain={"torchscript"},
     fallbacks=("trace",),
     compiled_types=(torch.jit.ScriptModule,),
+    cache=CODEC,
     description="torch.jit.script: keeps data-dependent control flow; needs scriptable code",
     color="green",
 )

@@ -6,6 +6,8 @@ import torch
 
 from torchstitch import CompileContext, Strategy, hookimpl
 
+from .cache import CODEC
+
 
 def compile_trace(module: torch.nn.Module, context: CompileContext) -> torch.nn.Module:
     """``torch.jit.trace_module`` of the node on its first tracing input.
@@ -49,6 +51,7 @@ STRATEGY = Strategy(
     can_contain={"torchscript"},
     fallbacks=("script",),
     compiled_types=(torch.jit.ScriptModule,),
+    cache=CODEC,
     description="torch.jit.trace_module: records one run; data-dependent branches are frozen",
     color="cyan",
 )
