@@ -129,6 +129,15 @@ def _subcommand_help(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {}
 
 
+def _subcommand_lines(parser: argparse.ArgumentParser, prog: str, underlines: str) -> Iterator[str]:
+    """A section per subcommand, and one level deeper for its own (``cache info``)."""
+    helps = _subcommand_help(parser)
+    for name, sub in _subparsers(parser).items():
+        sub.description = sub.description or helps.get(name)
+        yield from _parser_lines(sub, f"{prog} {name}", underlines[0])
+        yield from _subcommand_lines(sub, f"{prog} {name}", underlines[1:] or underlines)
+
+
 class CliDirective(_GeneratedRst):
     """The ``torchstitch`` command and its subcommands, from the argparse parser."""
 
@@ -140,10 +149,7 @@ class CliDirective(_GeneratedRst):
 
         parser = build_parser()
         yield from _parser_lines(parser, "torchstitch", "-")
-        helps = _subcommand_help(parser)
-        for name, sub in _subparsers(parser).items():
-            sub.description = sub.description or helps.get(name)
-            yield from _parser_lines(sub, f"torchstitch {name}", "~")
+        yield from _subcommand_lines(parser, "torchstitch", "~^")
 
 
 # -- artifact formats and reason codes --------------------------------------------
