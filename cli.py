@@ -222,9 +222,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         text = plan.to_json()
     elif args.format == "dot":
-        text = plan.to_dot().rstrip("\n")
+        text = plan.to_dot(verbose=bool(args.verbose)).rstrip("\n")
     else:
-        text = plan.render(color=_color(args, sys.stdout))
+        text = plan.render(color=_color(args, sys.stdout), verbose=bool(args.verbose))
     print(text)
     return EXIT_OK
 
@@ -253,7 +253,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         module, example_inputs=example_inputs, root_strategy=args.root
     )
     result.save(args.output)
-    print(result.plan.render(color=_color(args, sys.stdout)))
+    print(result.plan.render(color=_color(args, sys.stdout), verbose=bool(args.verbose)))
     compiled = sum(1 for n in result.plan.walk() if n.outcome is not None)
     verified = result.verification
     summary = f"compiled {compiled} node(s) in {result.seconds:.2f} s"
@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         action="count",
         default=0,
-        help="log to stderr: -v info, -vv debug (one line per compiled node)",
+        help="full type names in the plan (module.Class), and log to stderr: -v info, "
+        "-vv debug (one line per compiled node)",
     )
     common.add_argument(
         "--color",

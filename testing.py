@@ -100,7 +100,7 @@ def assert_compiles(
 
     Checks, in order: the compiled model equals eager on ``example_inputs`` and
     on each of ``check_inputs`` (``torch.testing.assert_close``); with
-    ``round_trip``, the artifact saved with :meth:`CompileResult.save` and loaded
+    ``round_trip``, the artifact saved with :meth:`~torchstitch.CompileResult.save` and loaded
     with :func:`torchstitch.load` equals eager too and carries the same plan;
     the caller's ``module`` was not changed (tensors, submodules, attributes,
     training flags), unless ``in_place=True`` was asked for.
@@ -122,7 +122,7 @@ def assert_compiles(
         directory, removed afterwards).
     :param compile_kw: other keyword arguments of :class:`torchstitch.Engine`
         (``plugins=``, ``n_trace_checks=``, ``on_error=``, ...) and ``inputs=``
-        of :meth:`Engine.compile`.
+        of :meth:`~torchstitch.Engine.compile`.
     :returns: the :class:`~torchstitch.CompileResult`.
     :raises AssertionError: when a check fails; errors of the engine itself
         (:class:`~torchstitch.StitchError`) propagate unchanged.

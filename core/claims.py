@@ -76,6 +76,7 @@ class Claim:
     portable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def to_dict(self) -> dict[str, str | bool]:
+        """The claim as JSON-ready data (the plan's JSON; :meth:`Node.from_dict` reads it back)."""
         return {
             "strategy": self.strategy,
             "kind": str(self.kind),

@@ -433,7 +433,7 @@ class _Run:
                     raise
                 except Exception as exc:
                     raise NodeCompileError(
-                        f"{strategy.name} failed on {node.type_name}: {exception_summary(exc)}",
+                        f"{strategy.name} failed on {node.short_type_name}: {exception_summary(exc)}",
                         path=node.path,
                         strategy=strategy.name,
                         claimant=claimant,
@@ -571,10 +571,10 @@ class _Run:
             else:
                 recorded = "the eager run on example_inputs never called it"
             raise TracingInputsError(
-                f"{node.type_name} needs tracing inputs for {strategy.name!r} and no provider had "
+                f"{node.short_type_name} needs tracing inputs for {strategy.name!r} and no provider had "
                 f"any (asked, in order: {', '.join(found.asked)}; {recorded}). Pass example_inputs= "
                 f"for the whole model, inputs={{{node.path!r}: (args...)}}, or define "
-                f"_make_tracing_inputs(n) on {node.type_name.rpartition('.')[2]}",
+                f"_make_tracing_inputs(n) on {node.short_type_name}",
                 path=node.path,
                 strategy=strategy.name,
                 claimant=claimant,

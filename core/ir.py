@@ -22,11 +22,30 @@ from .render import ansi, dot_color
 #: what :meth:`Plan.fold` computes for each node
 R = TypeVar("R")
 
-__all__ = ["Attempt", "Node", "Outcome", "Plan"]
+__all__ = ["Attempt", "Node", "Outcome", "Plan", "short_type_name"]
 
 log = logging.getLogger(__name__)
 
 PLAN_FORMAT_VERSION = 1
+
+
+def short_type_name(type_name: str) -> str:
+    """The name a reader knows a class by: ``NormThenBranch`` for ``models.blocks.NormThenBranch``.
+
+    Plan trees and error messages show it; the plan's JSON and verbose renderings keep
+    the full name.  A class made inside a special method of another class, as torch makes
+    one per ``fx.GraphModule`` (``torch.fx.graph_module.GraphModule.__new__.<locals>.
+    GraphModuleImpl``), is shown by that class's name (``GraphModule``).
+
+    :param type_name: a qualified name, ``module.QualName`` (as :attr:`Node.type_name`).
+    """
+    parts = type_name.split(".")
+    if "<locals>" in parts:
+        at = len(parts) - 1 - parts[::-1].index("<locals>")
+        function = parts[at - 1] if at >= 1 else ""
+        if at >= 2 and function.startswith("__") and function.endswith("__"):
+            return parts[at - 2]
+    return parts[-1]
 
 
 def _float_or_none(value: float | None) -> float | str | None:
@@ -59,6 +78,7 @@ class Attempt:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The attempt as JSON-ready data (part of :meth:`Outcome.to_dict`)."""
         return {
             "strategy": self.strategy,
             "error_type": self.error_type,
@@ -95,6 +115,7 @@ class Outcome:
     cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data (part of :meth:`Node.to_dict`; ``NaN`` and infinities as text)."""
         return {
             "seconds": self.seconds,
             "inputs_source": self.inputs_source,
@@ -108,6 +129,7 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        """Read back what :meth:`to_dict` wrote."""
         return cls(
             seconds=data["seconds"],
             inputs_source=data["inputs_source"],
@@ -126,7 +148,7 @@ class Node:
 
     #: dotted path from the root; ``""`` is the root
     path: str
-    #: qualified name of the module's class
+    #: qualified name of the module's class (:attr:`short_type_name` is what messages show)
     type_name: str
     #: child nodes, in ``named_children()`` order
     children: tuple[Node, ...] = ()
@@ -148,6 +170,11 @@ class Node:
         return self.path.rpartition(".")[2]
 
     @property
+    def short_type_name(self) -> str:
+        """The class name without its module (see :func:`short_type_name`): ``NormThenBranch``."""
+        return short_type_name(self.type_name)
+
+    @property
     def strategy(self) -> str | None:
         """The claimed strategy, or ``None`` when the node inherits."""
         return None if self.claim is None else self.claim.strategy
@@ -157,6 +184,7 @@ class Node:
         return ClaimKind.DEFAULT if self.claim is None else self.claim.kind
 
     def to_dict(self) -> dict[str, Any]:
+        """The node and its subtree as JSON-ready data; ``"type"`` is the full :attr:`type_name`."""
         return {
             "path": self.path,
             "type": self.type_name,
@@ -170,6 +198,8 @@ class Node:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Node:
+        """Read back what :meth:`to_dict` wrote."""
+
         def claim(d: Mapping[str, Any] | None) -> Claim | None:
             return None if d is None else Claim(**d)
 
@@ -283,6 +313,7 @@ class Plan:
     # -- output --------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data: ``{"torchstitch_plan": version, "root": node, "colors": ...}``."""
         data: dict[str, Any] = {"torchstitch_plan": PLAN_FORMAT_VERSION, "root": self.root.to_dict()}
         if self.colors:  # plans saved before strategies declared colours have none
             data["colors"] = dict(sorted(self.colors.items()))
@@ -294,24 +325,31 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
+        """Read back what :meth:`to_json` wrote.
+
+        :raises ValueError: if ``text`` is not a plan of this format version.
+        """
         data = json.loads(text)
         if data.get("torchstitch_plan") != PLAN_FORMAT_VERSION:
             raise ValueError(f"not a torchstitch plan (version {PLAN_FORMAT_VERSION}) JSON")
         return cls(Node.from_dict(data["root"]), colors=data.get("colors", {}))
 
-    def render(self, *, color: bool = False) -> str:
+    def render(self, *, color: bool = False, verbose: bool = False) -> str:
         """A text tree, one line per node: name, type, strategy, claim and outcome.
 
         :param color: colour each node's strategy with ANSI escapes (by strategy,
             as in :meth:`to_dot`); for terminals only (see
-            :func:`torchstitch.core.render.stream_wants_color`).
+            ``torchstitch.core.render.stream_wants_color``).
+        :param verbose: show each module's full type name (``models.blocks.Block``)
+            instead of its class name (``Block``).
         """
 
         def leave(node: Node, children: dict[str, list[str]]) -> list[str]:
             describe = node.describe()
             if color:
                 describe = ansi(describe, node.strategy, self.colors)
-            line = f"{node.name or '<root>'} ({node.type_name}): {describe}"
+            type_name = node.type_name if verbose else node.short_type_name
+            line = f"{node.name or '<root>'} ({type_name}): {describe}"
             if node.outcome is not None:
                 line += f" — {_describe_outcome(node.outcome)}"
             lines = [line]
@@ -324,12 +362,13 @@ class Plan:
         lines: list[str] = self.fold(leave, once=False)
         return "\n".join(lines)
 
-    def to_dot(self, *, name: str = "plan") -> str:
+    def to_dot(self, *, name: str = "plan", verbose: bool = False) -> str:
         """Graphviz DOT source: one box per node, filled by strategy (``dot -Tsvg`` draws it).
 
         :param name: the graph's name.
+        :param verbose: label each box with the module's full type name, not its class name.
         """
-        return _plan_to_dot(self, name)
+        return _plan_to_dot(self, name, verbose)
 
     def __str__(self) -> str:
         return self.render()
@@ -362,14 +401,15 @@ def _dot_string(text: str) -> str:
     return '"' + escaped.replace("\n", "\\n") + '"'
 
 
-def _dot_label(node: Node) -> str:
-    lines = ["<root>" if node.path == "" else node.name, node.type_name, node.describe()]
+def _dot_label(node: Node, verbose: bool) -> str:
+    type_name = node.type_name if verbose else node.short_type_name
+    lines = ["<root>" if node.path == "" else node.name, type_name, node.describe()]
     if node.outcome is not None:
         lines.append(_describe_outcome(node.outcome))
     return "\n".join(lines)
 
 
-def _plan_to_dot(plan: Plan, name: str) -> str:
+def _plan_to_dot(plan: Plan, name: str, verbose: bool = False) -> str:
     """Graphviz DOT source for ``plan`` (see :meth:`Plan.to_dot`).
 
     Edges go from parent to child; a module reachable by several paths gets a
@@ -388,7 +428,7 @@ def _plan_to_dot(plan: Plan, name: str) -> str:
         strategy = node.strategy
         used.setdefault(strategy, None)
         attributes = [
-            f"label={_dot_string(_dot_label(node))}",
+            f"label={_dot_string(_dot_label(node, verbose))}",
             f"fillcolor={_dot_string(dot_color(strategy, plan.colors))}",
             f"tooltip={_dot_string(node.path or '<root>')}",
         ]

@@ -88,6 +88,7 @@ class CompileOptions:
     )
 
     def for_strategy(self, name: str) -> Mapping[str, Any]:
+        """The options of the strategy ``name`` (``strategy_options[name]``; ``{}`` when none)."""
         return self.strategy_options.get(name, {})
 
     @classmethod

@@ -23,7 +23,7 @@ from .errors import (
     display_path,
     first_line,
 )
-from .ir import Node, Plan
+from .ir import Node, Plan, short_type_name
 from .plugin_manager import PluginSet
 from .strategy import Strategy
 
@@ -125,7 +125,7 @@ class Planner:
         for i, rule in enumerate(self.rules):
             if not self._rule_matches[i]:
                 warn(
-                    f"rules[{i}] {rule.describe()} matched no module in {self._type_name(type(module))}",
+                    f"rules[{i}] {rule.describe()} matched no module in {self._short_name(type(module))}",
                     TorchstitchWarning,
                 )
             elif not self._rule_hits[i]:
@@ -172,7 +172,7 @@ class Planner:
         shared = first_path.get(id(module))
         if shared is not None and (shared == "" or path.startswith(shared + ".")):
             raise PlanError(
-                f"module {self._type_name(type(module))} contains itself (it is also its "
+                f"module {self._short_name(type(module))} contains itself (it is also its "
                 f"ancestor at {display_path(shared)}); a module tree must not have cycles",
                 path=path,
             )
@@ -228,7 +228,7 @@ class Planner:
             claim is not None and first_claim is not None and claim.strategy != first_claim.strategy
         ):
             raise PlanError(
-                f"module {self._type_name(type(module))} is shared by paths "
+                f"module {self._short_name(type(module))} is shared by paths "
                 f"{display_path(first)} ({_strategy_text(first_claim)}) and "
                 f"{display_path(path)} ({_strategy_text(claim)}); a shared module is "
                 "compiled once, so give both paths the same strategy",
@@ -293,7 +293,7 @@ class Planner:
                 except Exception as exc:
                     raise PlanError(
                         f"rules[{i}] {rule.describe()} raised {type(exc).__name__} while matching "
-                        f"{self._type_name(type(module))}: {first_line(exc)}",
+                        f"{self._short_name(type(module))}: {first_line(exc)}",
                         path=path,
                     ) from exc
                 if not matched:
@@ -324,7 +324,7 @@ class Planner:
             claimants = "; ".join(f"{c.claimant} says {c.strategy!r}" for c in [winner, *rivals])
             raise AmbiguousClaimError(
                 f"{len(rivals) + 1} {winner.kind} claims disagree for "
-                f"{self._type_name(type(module))}: {claimants}. Settle it with an override, "
+                f"{self._short_name(type(module))}: {claimants}. Settle it with an override, "
                 f"e.g. rules=[torchstitch.Rule({winner.strategy!r}, path={path!r})]",
                 path=path,
                 strategy=winner.strategy,
@@ -458,7 +458,7 @@ class Planner:
             return
         allowed = ", ".join(sorted(region_strategy.can_contain or ()))
         raise strategy.containment_error(
-            f"{self._type_name(type(module))} is claimed {strategy.name!r} "
+            f"{self._short_name(type(module))} is claimed {strategy.name!r} "
             f"(family {strategy.family!r}) but sits inside the {region_strategy.name!r} region "
             f"rooted at {display_path(region_path)}, which can only contain {allowed}. "
             f"Claim it (or an ancestor below {display_path(region_path)}) with a strategy "
@@ -474,6 +474,10 @@ class Planner:
         if name is None:
             name = self._type_names[cls] = f"{cls.__module__}.{cls.__qualname__}"
         return name
+
+    def _short_name(self, cls: type) -> str:
+        """The class name messages show (the plan keeps :meth:`_type_name`)."""
+        return short_type_name(self._type_name(cls))
 
 
 def _is_plugin_claim(claim: object) -> bool:

@@ -24,7 +24,7 @@ def warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
         node.claim is not None and plugin_set.strategies[node.claim.strategy].compiles for node in plan.walk()
     ):
         return
-    root = plan.root.type_name.rpartition(".")[2]
+    root = plan.root.short_type_name
     # in registration order: the built-ins first
     compiling = [name for name, s in plugin_set.strategies.items() if s.compiles]
     example = next((n for n in compiling if not plugin_set.strategies[n].needs_inputs), "NAME")

@@ -95,7 +95,7 @@ class Verifier:
                 count += 1
                 if mismatch is not None:
                     raise VerificationError(
-                        f"{strategy.name} of {node.type_name} differs from eager on tracing input "
+                        f"{strategy.name} of {node.short_type_name} differs from eager on tracing input "
                         f"{i} ({method}, from {source}) at {mismatch.where}: {mismatch.detail}"
                         + (
                             ". A data-dependent branch fixed by the recorded run is the usual "

@@ -115,12 +115,18 @@ class TestPlan:
         assert code == 0, err
         stem = models.stem
         assert out.splitlines() == [
-            f"<root> ({stem}.Net): inherit (python)",
-            f"├── feat ({stem}.Feat): trace · decorator by @compile_mode on {stem}.Feat",
-            "│   └── lin (torch.nn.modules.linear.Linear): inherit (inside feat)",
-            "└── out (torch.nn.modules.linear.Linear): inherit (python)",
+            "<root> (Net): inherit (python)",
+            f"├── feat (Feat): trace · decorator by @compile_mode on {stem}.Feat",
+            "│   └── lin (Linear): inherit (inside feat)",
+            "└── out (Linear): inherit (python)",
         ]
         assert "\x1b[" not in out
+
+    def test_verbose_shows_full_type_names(self, capsys, spec, models):
+        code, out, err = run(capsys, "plan", spec, "--verbose")
+        assert code == 0, err
+        assert out.splitlines()[0] == f"<root> ({models.stem}.Net): inherit (python)"
+        assert "└── out (torch.nn.modules.linear.Linear): inherit (python)" in out.splitlines()
 
     def test_color_always_colours_by_strategy(self, capsys, spec):
         code, out, _ = run(capsys, "plan", spec, "--color", "always")
@@ -156,7 +162,7 @@ class TestPlan:
 
     def test_package_module_spec(self, capsys, models, monkeypatch):
         monkeypatch.syspath_prepend(str(models.parent))
-        code, out, err = run(capsys, "plan", f"{models.stem}:make_module_only")
+        code, out, err = run(capsys, "plan", f"{models.stem}:make_module_only", "-v")
         assert code == 0, err
         assert out.splitlines()[0] == f"<root> ({models.stem}.Net): inherit (python)"
 

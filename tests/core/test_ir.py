@@ -219,7 +219,28 @@ class TestRender:
         lines = text.splitlines()
         assert len(lines) == len(plan)
         assert str(plan) == text
+        assert lines[0] == "<root> (Net): inherit (python)"
+
+    def test_verbose_shows_full_type_names_as_the_json_does(self, plan):
+        lines = plan.render(verbose=True).splitlines()
         assert lines[0] == f"<root> ({Net.__module__}.Net): inherit (python)"
+        assert '"type": "torch.nn.modules.container.ModuleList"' in plan.to_json()
+        assert "(torch.nn.modules.container.ModuleList)" in plan.render(verbose=True)
+        assert "(ModuleList)" in plan.render()
+
+    def test_short_type_names(self):
+        def local():
+            class Clamp(torch.nn.Module):
+                pass
+
+            return Clamp()
+
+        graph_module = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
+        modules = torch.nn.ModuleDict({"g": graph_module, "c": local()})
+        plan = ts.plan(modules)
+        assert "<locals>" in plan["g"].type_name and "<locals>" in plan["c"].type_name
+        assert (plan["g"].short_type_name, plan["c"].short_type_name) == ("GraphModule", "Clamp")
+        assert "g (GraphModule): " in plan.render()
 
     def test_lines_carry_strategy_kind_and_claimant(self, plan):
         lines = plan.render().splitlines()

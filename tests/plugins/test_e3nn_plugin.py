@@ -235,7 +235,7 @@ def test_batchnorm_inside_a_scripted_parent_is_unsupported(watch):
 def test_forcing_batchnorm_to_script_fails_with_torchs_error(watch):
     bn = enn.BatchNorm("2x0e + 1x1o")
     check = watch(bn)
-    with pytest.raises(ts.NodeCompileError, match="script failed on e3nn.nn._batchnorm.BatchNorm") as info:
+    with pytest.raises(ts.NodeCompileError, match="script failed on BatchNorm: RuntimeError") as info:
         ts.script(bn)
     assert info.value.path == ""
     assert isinstance(info.value.__cause__, RuntimeError)

@@ -512,4 +512,4 @@ def test_cli_plan_takes_a_target(capsys, models):
     code = cli.main(["plan", f"{models}:make", "--target", "export"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.splitlines()[0].startswith(f"<root> ({models.stem}.Net): export")
+    assert out.splitlines()[0].startswith("<root> (Net): export")
