@@ -22,6 +22,7 @@ import attrs
 import torch
 
 from . import reporting, tracing_inputs
+from ._warn import warn
 from .cache import CompileCache
 from .cache_run import NodeCache
 from .claims import Claim, ClaimKind, Rule
@@ -30,6 +31,7 @@ from .errors import (
     PlanError,
     PluginError,
     StitchError,
+    TorchstitchWarning,
     TracingInputsError,
     VerificationError,
     display_path,
@@ -39,7 +41,7 @@ from .guard import TensorGuard
 from .inputs import Recording, as_example_sets, check_example_sets, record, snapshot
 from .ir import Attempt, Node, Outcome, Plan
 from .options import CompileOptions
-from .planner import PlannedTree, Planner
+from .planner import ROOT_TO_TARGET_REASON, PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
 from .provenance import attach_plan
@@ -148,6 +150,38 @@ class Engine:
         start = time.perf_counter()
         plugin_set = PluginSet.from_plugins(self.options.plugins)
         tree = self._plan(plugin_set, module, root_strategy)
+        try:
+            return self._compile(plugin_set, tree, module, example_inputs, inputs, start)
+        except (NodeCompileError, VerificationError) as exc:
+            claim = tree.plan.root.claim
+            failed = tree.plan[exc.path] if exc.path in tree.plan else None
+            if (
+                claim is None
+                or claim.reason != ROOT_TO_TARGET_REASON
+                or failed is None
+                or failed.region != ""
+            ):
+                raise  # not the root's own region: the plan without the target fails there too
+            # the root went to the target only because nothing claimed it: leave it in
+            # Python around the compiled pieces, as the plan would without the target
+            warn(
+                f"the root could not be compiled for target {self.options.target!r} "
+                f"({exc.message.splitlines()[0]}); it is left in Python around the compiled "
+                "pieces. Claim it, or fix the failure, to get one artifact of the target",
+                TorchstitchWarning,
+            )
+            tree = self._plan(plugin_set, module, root_strategy, root_to_target=False)
+            return self._compile(plugin_set, tree, module, example_inputs, inputs, start)
+
+    def _compile(
+        self,
+        plugin_set: PluginSet,
+        tree: PlannedTree,
+        module: torch.nn.Module,
+        example_inputs: Any,
+        inputs: Mapping[str, Any] | None,
+        start: float,
+    ) -> CompileResult:
         example_sets = as_example_sets(example_inputs)
         if example_sets is not None:
             check_example_sets(module, example_sets, example_inputs)
@@ -166,7 +200,12 @@ class Engine:
         return CompileResult(compiled, plan, time.perf_counter() - start)
 
     def _plan(
-        self, plugin_set: PluginSet, module: torch.nn.Module, root_claim: str | Claim | None
+        self,
+        plugin_set: PluginSet,
+        module: torch.nn.Module,
+        root_claim: str | Claim | None,
+        *,
+        root_to_target: bool = True,
     ) -> PlannedTree:
         if isinstance(root_claim, str):
             root_claim = Claim(root_claim, ClaimKind.OVERRIDE, "root_strategy=", "forced by the caller")
@@ -178,6 +217,7 @@ class Engine:
             root_claim=root_claim,
             recurse=self.options.recurse,
             target=self.options.target,
+            root_to_target=root_to_target,
         )
         return planner.build(module)
 

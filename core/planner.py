@@ -27,6 +27,11 @@ from .ir import Node, Plan, short_type_name
 from .plugin_manager import PluginSet
 from .strategy import Strategy
 
+#: the reason of the claim that sends an unclaimed root to the compile target
+ROOT_TO_TARGET_REASON = (
+    "nothing claims the root and every claim below can go to the target, so the root goes to it"
+)
+
 __all__ = ["Planner", "PlannedTree"]
 
 log = logging.getLogger(__name__)
@@ -77,7 +82,9 @@ class Planner:
         ``portable`` claim the first stand-in by name; nodes with no stand-in are a
         PlanError.  A portable claim inside a region of the target family inherits.  When
         nothing in the tree claims anything, the root goes to the first stand-in, so a model
-        with no annotations is compiled for the target rather than left in Python.
+        with no annotations is compiled for the target rather than left in Python; so does
+        a root nothing claims above claims that can all go into the target's region
+        (``root_to_target=False`` leaves such a root in Python: the engine's fallback).
     """
 
     def __init__(
@@ -88,8 +95,10 @@ class Planner:
         root_claim: Claim | None = None,
         recurse: bool = True,
         target: str | None = None,
+        root_to_target: bool = True,
     ) -> None:
         self.plugins = plugin_set
+        self.root_to_target = root_to_target
         self.target = target
         if target is not None:
             families = sorted({s.family for s in plugin_set.strategies.values()})
@@ -107,6 +116,8 @@ class Planner:
         self._compiled_types = plugin_set.compiled_types
         self._rule_hits = [0] * len(self.rules)  # nodes where the rule decided
         self._rule_matches = [0] * len(self.rules)  # nodes where it matched, decided or not
+        #: a rule said the root inherits (stays in Python): the target does not take it
+        self._root_left_by_rule = False
 
     def build(self, module: torch.nn.Module) -> PlannedTree:
         if not isinstance(module, torch.nn.Module):
@@ -120,6 +131,8 @@ class Planner:
         root = self._visit(module, "", None, modules, first_path, claims_at)
         if self._stand_ins and all(claim is None for claim in claims_at.values()):
             root = self._root_to_target(root)
+        elif self.root_to_target and self._root_may_go_to_target(root, claims_at):
+            root = self._revisit_with_root_for_target(module, modules, first_path, claims_at)
         if self._untargetable:
             self._raise_untargetable()
         for i, rule in enumerate(self.rules):
@@ -312,6 +325,8 @@ class Planner:
                 if not _is_plugin_claim(claim):
                     self._bad_claim(module, path, claim)
                 offers.append(claim)
+        if forced_inherit and path == "":
+            self._root_left_by_rule = True
         if not offers:
             return (), None
         offers.sort(key=lambda c: c.kind, reverse=True)
@@ -371,6 +386,44 @@ class Planner:
             for name, s in sorted(self.plugins.strategies.items())
             if s.family == self.target and s.compiles and s.replaces
         )
+
+    def _root_may_go_to_target(self, root: Node, claims_at: dict[int, Claim | None]) -> bool:
+        """Whether the root, which nothing claims, may go to the target: no rule left it in
+        Python, and every claim can go into a region of the target (none keeps its module
+        in Python, as ``unsupported`` does, and none was left untargetable)."""
+        strategies = self.plugins.strategies
+        return (
+            bool(self._stand_ins)
+            and root.claim is None
+            and self.root_claim is None
+            and not self._root_left_by_rule
+            and not self._untargetable
+            and all(claim is None or strategies[claim.strategy].compiles for claim in claims_at.values())
+        )
+
+    def _revisit_with_root_for_target(
+        self,
+        module: torch.nn.Module,
+        modules: dict[str, torch.nn.Module],
+        first_path: dict[int, str],
+        claims_at: dict[int, Claim | None],
+    ) -> Node:
+        """Plan again with the root claimed for the target: asked for the target, with a root
+        nothing claims and every claim below able to go into the target's region (e3nn's
+        modules inside NequIP's model), the caller gets one artifact of the target rather
+        than a root in Python around compiled pieces (the engine falls back to that plan
+        when the root's compile fails)."""
+        self.root_claim = Claim(
+            self._stand_ins[0],
+            ClaimKind.DEFAULT,
+            f"target={self.target!r}",
+            ROOT_TO_TARGET_REASON,
+        )
+        self._rule_hits = [0] * len(self.rules)
+        self._rule_matches = [0] * len(self.rules)
+        for found in (modules, first_path, claims_at):
+            found.clear()
+        return self._visit(module, "", None, modules, first_path, claims_at)
 
     def _root_to_target(self, root: Node) -> Node:
         """A tree nothing claimed, its root claimed for the target: asked for the target

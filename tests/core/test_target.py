@@ -74,9 +74,28 @@ def test_trace_claims_are_retargeted_and_compiled_by_the_target_strategy(watch):
     assert result.plan["a"].strategy == "retrace"
     assert result.plan["a"].claim.kind is ts.ClaimKind.DECORATOR
     assert "retargeted to 'fake'" in result.plan["a"].claim.reason
-    assert sorted(plugin.compiled) == ["a", "b"]
+    # nothing claims the root and both claims can go to the target: the root goes too
+    assert result.plan[""].strategy == "retrace"
+    assert result.plan[""].claim.kind is ts.ClaimKind.DEFAULT
+    assert sorted(plugin.compiled) == ["", "a", "b"]
     torch.testing.assert_close(result.module(x), model(x))
     check()
+
+
+class KeepsOneInPython(Model):
+    def __init__(self):
+        super().__init__()
+        self.c = ts.compile_mode("unsupported")(type("Kept", (torch.nn.Identity,), {}))()
+
+
+def test_a_root_holding_an_unsupported_module_stays_in_python():
+    plan = ts.plan(KeepsOneInPython(), plugins=[Retrace()], target="fake")
+    assert plan[""].claim is None and plan["a"].strategy == "retrace"
+
+
+def test_a_rule_leaving_the_root_in_python_is_obeyed():
+    plan = ts.plan(Model(), plugins=[Retrace()], target="fake", rules=[ts.Rule(None, path="")])
+    assert plan[""].claim is None and plan["a"].strategy == "retrace"
 
 
 def test_nodes_with_no_stand_in_are_listed_by_path_before_compiling(watch):

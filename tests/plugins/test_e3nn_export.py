@@ -70,7 +70,7 @@ def edges(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(
     "rules, options",
     [
-        ((), EACH_DIMS),
+        ((ts.Rule(None, path=""),), EACH_DIMS),  # the root left in Python
         ((ts.Rule("export", path=""),), DIMS),
         ((ts.Rule("export", path=""),), {"export": {**DIMS["export"], "make_fx": True}}),
     ],

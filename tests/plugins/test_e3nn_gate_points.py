@@ -98,7 +98,9 @@ def test_target_export_with_no_rules_exports_e3nns_modules(watch):
     model = network()
     check = watch(model)
     example = data(10, seed=0)  # 18 edges
-    result = ts.Engine(target="export").compile(model, example_inputs=(example,))
+    # its top builds the radius graph (data-dependent): tried for export, it stays in Python
+    with pytest.warns(ts.TorchstitchWarning, match="root could not be compiled for target 'export'"):
+        result = ts.Engine(target="export").compile(model, example_inputs=(example,))
 
     conv = result.plan["layers.0.first"]
     assert conv.strategy == "export" and conv.claim.kind is ts.ClaimKind.ATTRIBUTE
@@ -107,8 +109,7 @@ def test_target_export_with_no_rules_exports_e3nns_modules(watch):
     assert result.plan["layers.0.first.tp"].strategy is None
     assert result.plan["layers.0.first.tp"].region == "layers.0.first"
     assert isinstance(result.module.layers[0].first, ExportedModule)
-    # the model itself holds claims, so its root stays in Python around the exported nodes
-    assert result.plan[""].strategy is None
+    assert result.plan[""].strategy is None  # in Python around the exported nodes
     # same sizes (the radius graph's edges too): other features on the same positions
     for x in (example["x"], data(10, seed=1)["x"]):
         batch = {"pos": example["pos"], "x": x}

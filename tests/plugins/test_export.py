@@ -62,11 +62,50 @@ def export_whole(**options):
     return ts.Engine(rules=whole_model_rules(), strategy_options={"export": options})
 
 
-def test_target_export_exports_trace_claims_per_node(watch):
+def test_target_export_sends_an_unclaimed_root_to_export_with_its_claims(watch):
     model = Model()
     check = watch(model)
     x = torch.randn(4, 3)
     result = ts.Engine(target="export").compile(model, example_inputs=(x,))
+    root = result.plan[""]
+    assert root.strategy == "export" and root.claim.kind is ts.ClaimKind.DEFAULT
+    assert "nothing claims the root" in root.claim.reason
+    assert result.plan["a"].strategy == "export"  # a user's claim: exported at its own node first
+    assert isinstance(result.module, ExportedModule)
+    torch.testing.assert_close(result.module(x), model(x))
+    check()
+
+
+class DataDependentGlue(torch.nn.Module):
+    """A root nothing claims whose own code cannot export, above a claimed child."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Leaf()
+
+    def forward(self, x):
+        y = self.a(x)
+        return y if bool(y.sum() > 0) else -y
+
+
+def test_a_root_that_cannot_export_falls_back_to_python_with_a_warning(watch):
+    model = DataDependentGlue()
+    check = watch(model)
+    x = torch.randn(4, 3)
+    with pytest.warns(ts.TorchstitchWarning, match="the root could not be compiled for target 'export'"):
+        result = ts.Engine(target="export").compile(model, example_inputs=(x,))
+    assert result.plan[""].claim is None and result.plan["a"].strategy == "export"
+    assert isinstance(result.module.a, ExportedModule)
+    for sign in (1.0, -1.0):
+        torch.testing.assert_close(result.module(sign * x), model(sign * x))
+    check()
+
+
+def test_target_export_exports_trace_claims_per_node(watch):
+    model = Model()
+    check = watch(model)
+    x = torch.randn(4, 3)
+    result = ts.Engine(target="export", rules=[ts.Rule(None, path="")]).compile(model, example_inputs=(x,))
     assert result.plan["a"].strategy == "export"
     assert "retargeted to 'export'" in result.plan["a"].claim.reason
     assert isinstance(result.module.a, ExportedModule)

@@ -89,7 +89,7 @@ def test_every_exported_node_gets_its_own_dims():
     model = Layered()
     sets = [atoms(6), atoms(9, seed=1)]
     layer_sets = [(model.atoms(*s).detach(),) for s in sets]
-    result = ts.Engine(target="export").compile(
+    result = ts.Engine(target="export", rules=[ts.Rule(None, path="")]).compile(
         model, example_inputs=sets[0], inputs={"": sets, "layer": layer_sets}
     )
     assert result.plan["layer"].strategy == "export"  # retargeted from 'trace'
