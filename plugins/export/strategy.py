@@ -59,6 +59,7 @@ from .dims import (
     leaves_of,
     size_problems,
 )
+from .guards import user_placeholders
 from .module import ExportedModule
 from .probing import Finding, deepest_failure, quiet_failures
 
@@ -518,15 +519,10 @@ def _module_at(module: torch.nn.Module, path: str, frame: Any) -> str:
     return f"code outside the region's forward methods ({frame.name})"
 
 
-def _user_placeholders(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
-    users = set(program.graph_signature.user_inputs)
-    return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
-
-
 def _misfit(program: torch.export.ExportedProgram, args: tuple[Any, ...]) -> str | None:
     """Why ``args`` cannot run through ``program`` (a specialised or out-of-range dimension)."""
     leaves = pytree.tree_leaves(args)
-    for index, (node, value) in enumerate(zip(_user_placeholders(program), leaves)):
+    for index, (node, value) in enumerate(zip(user_placeholders(program), leaves)):
         expected = node.meta.get("val")
         if not isinstance(value, torch.Tensor) or not isinstance(expected, torch.Tensor):
             continue
