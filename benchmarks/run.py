@@ -511,10 +511,10 @@ def render_aoti(aoti: dict) -> str:
     """The AOTI section of the results (issue 14's latency target)."""
     lines = ["### AOTInductor through torchstitch (issue 14)", ""]
     lines += [
-        '`ts.compile(model, target="export", example_inputs=[set, second set])`, default options, no '
-        'rules, then `ts.save(..., format="aoti")` and `ts.load`, against `e3nn.util.jit.script`. '
-        "One thread, `torch.no_grad()`, interleaved, median per call on the first set; build "
-        "with an empty Inductor cache (compile + save).",
+        '`ts.compile(model, target="export", example_inputs=[set, second set])`, default options,',
+        'no rules, then `ts.save(..., format="aoti")` and `ts.load`, against `e3nn.util.jit.script`.',
+        "One thread, `torch.no_grad()`, interleaved, median per call on the first set; build with an",
+        "empty Inductor cache (compile + save).",
         "",
     ]
     lines += [

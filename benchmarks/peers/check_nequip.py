@@ -164,7 +164,8 @@ def _own_package(path: os.PathLike[str]) -> torch.nn.Module:
 
 
 def _own_outputs(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: outputs[key] for key in OWN_OUTPUTS}
+    """The outputs NequIP's own package gives, by the table's names (from nequip's keys)."""
+    return {key: outputs[OUTPUTS[key]].detach() for key in OWN_OUTPUTS}
 
 
 def own_aoti(subject: Subject) -> list[Row]:
@@ -195,8 +196,8 @@ def own_aoti(subject: Subject) -> list[Row]:
         row["build_s"] = time.perf_counter() - start
         row["stage"] = "run"
         packaged = _own_package(path)
-        results = {n: subject.outputs(packaged(*_pair_nequip_args(n))) for n in SIZES}
-        reference = {n: _own_outputs(subject.run(subject.model, n)) for n in SIZES}
+        results = {n: _own_outputs(packaged(*_pair_nequip_args(n))) for n in SIZES}
+        reference = {n: _own_outputs(subject.model(*subject.make_args(n))) for n in SIZES}
         diffs = [max_abs_diff(results[n], reference[n]) for n in SIZES]
         row["aoti_diff"] = None if None in diffs else max(diffs)
     except Exception as exc:  # the pipeline's own failure is the result
