@@ -88,14 +88,17 @@ def write_tensors(path: str | os.PathLike[str], tensors: Sequence[torch.Tensor])
             f.write(t.numpy().tobytes())
 
 
-def read_tensors(path: str | os.PathLike[str]) -> list[torch.Tensor]:
-    """The tensors of a file deploy_check.cpp wrote."""
+def read_tensors(path: str | os.PathLike[str]) -> list[torch.Tensor | None]:
+    """The tensors of a file deploy_check.cpp wrote; ``None`` for an undefined one."""
     data = Path(path).read_bytes()
     (count,), offset = struct.unpack_from("<i", data), 4
-    out = []
+    out: list[torch.Tensor | None] = []
     for _ in range(count):
         code, ndim = struct.unpack_from("<ii", data, offset)
         offset += 8
+        if code == -1:
+            out.append(None)
+            continue
         shape = struct.unpack_from(f"<{ndim}q", data, offset)
         offset += 8 * ndim
         t = torch.empty(shape, dtype=DTYPES[code])
@@ -112,10 +115,10 @@ def run(
     model: str | os.PathLike[str],
     inputs: Sequence[torch.Tensor],
     workdir: str | os.PathLike[str],
-) -> tuple[list[torch.Tensor], str]:
+) -> tuple[list[torch.Tensor | None], str]:
     """Run the deployment check on ``model`` (``kind``: ``torchscript`` or ``aoti``).
 
-    :returns: the output tensors and what the program printed.
+    :returns: the output tensors (``None`` for an undefined one) and what the program printed.
     :raises RuntimeError: the program failed (its error output in the message).
     """
     workdir = Path(workdir)

@@ -5,6 +5,7 @@
 //
 // inputs.bin / outputs.bin: int32 count, then per tensor int32 dtype (0 float32,
 // 1 float64, 2 int64, 3 bool), int32 ndim, int64 sizes[ndim], the contiguous data.
+// An undefined output tensor (a None in the model's outputs) is dtype -1, ndim 0, no data.
 #include <torch/script.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
@@ -59,6 +60,11 @@ void write_tensors(const std::string& path, const std::vector<at::Tensor>& tenso
   int32_t count = static_cast<int32_t>(tensors.size());
   out.write(reinterpret_cast<const char*>(&count), sizeof count);
   for (const auto& tensor : tensors) {
+    if (!tensor.defined()) {
+      const int32_t none[2] = {-1, 0};
+      out.write(reinterpret_cast<const char*>(none), sizeof none);
+      continue;
+    }
     at::Tensor t = tensor.contiguous();
     int32_t code = to_code(t.scalar_type()), ndim = static_cast<int32_t>(t.dim());
     out.write(reinterpret_cast<const char*>(&code), sizeof code);
