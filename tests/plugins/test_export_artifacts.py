@@ -301,3 +301,17 @@ def test_aoti_package_loads_its_libraries_first_and_names_a_missing_one(package,
     )
     ts.load(edited)
     assert calls == [("library", str(library)), ("package", str(edited))]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [{"energy": 1, "forces": 2}, (1, 2), [1, 2], {"energy": (1, 2), "forces": 3}, 1, {"energy": None}],
+    ids=["dict", "tuple", "list", "nested", "one", "dict-with-none"],
+)
+def test_a_package_gives_its_outputs_back_in_the_models_structure(outputs):
+    from torch.utils import _pytree as pytree
+
+    from torchstitch.plugins.export.module import _output_builder
+
+    flat, spec = pytree.tree_flatten(outputs)
+    assert _output_builder(spec)(flat) == outputs
