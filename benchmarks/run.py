@@ -1,7 +1,9 @@
 """Benchmarks of torchstitch against e3nn.util.jit and eager PyTorch (``python benchmarks/run.py``).
 
 ``python benchmarks/run.py`` runs the full set (a few minutes on a 2-core
-machine); ``--smoke`` runs tiny sizes in seconds (CI: tests/test_benchmarks_smoke.py).
+machine); ``--smoke`` runs tiny sizes in seconds (CI: tests/test_benchmarks_smoke.py);
+``--aoti-only`` runs only the AOTI rows (issue 14) and rewrites just that section of
+``benchmarks/RESULTS.md``.
 Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (git-ignored);
 a full run also writes the table to ``benchmarks/RESULTS.md`` (committed).
 
@@ -56,6 +58,13 @@ latency
     threads.  Each variant gets warm-up calls first (TorchScript's profiling
     executor optimizes after 2-3 calls); then the variants are interleaved
     round by round, each round timing a batch of calls; median per call.
+aoti
+    The export road (issue 14) on the medium network: ``ts.compile(model,
+    target="export", example_inputs=[...])`` from two input sets (the medium atoms and
+    40 atoms of the same density), default options and no rules, packaged with
+    ``ts.save(..., format="aoti")`` (empty Inductor cache) and loaded with ``ts.load``,
+    against e3nn's TorchScript model; latency measured as in the latency section, one
+    thread.  Target: <= 0.5x e3nn's TorchScript latency.  Full mode only.
 plan
     ``ts.plan`` of a tree of 10,000 small modules against a bare
     ``list(model.named_modules())`` walk, interleaved, median.
@@ -377,6 +386,36 @@ def _time_batch(fn, args, n):
     return (time.perf_counter() - start) / n
 
 
+def interleaved_latency(variants: dict, x: tuple, settings: dict) -> dict:
+    """Median ms per call of each variant on ``x`` and its ratio to ``variants["eager"]``.
+
+    Under ``torch.no_grad()``: warm-up calls (TorchScript's profiling executor optimizes
+    after 2-3), each output checked against eager, then the variants interleaved round by
+    round, each round timing a batch of calls.
+    """
+    with torch.no_grad():
+        reference = variants["eager"](*x)
+        per_call = {}
+        for name, fn in variants.items():
+            for _ in range(5):  # profiling executor: optimizes after 2-3 calls
+                out = fn(*x)
+            torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+            per_call[name] = _time_batch(fn, x, 3)
+        batch = {
+            name: max(1, int(settings["latency_batch_s"] / max(t, 1e-7))) for name, t in per_call.items()
+        }
+        runs = {name: [] for name in variants}
+        # a round costs sum(batch * per-call); cap each model's rounds to the time budget
+        round_s = sum(batch[n] * per_call[n] for n in variants)
+        rounds = max(3, min(settings["latency_rounds"], int(settings["latency_budget_s"] / round_s)))
+        rounds = min(rounds, settings["latency_rounds"])
+        for _ in range(rounds):
+            for name, fn in variants.items():
+                runs[name].append(_time_batch(fn, x, batch[name]))
+    eager_s = median(runs["eager"])
+    return {name: {"ms": median(r) * 1e3, "vs_eager": median(r) / eager_s} for name, r in runs.items()}
+
+
 def bench_latency(cases: list[Case], settings: dict, all_threads: int) -> dict:
     from e3nn.util import jit as e3nn_jit
 
@@ -397,33 +436,124 @@ def bench_latency(cases: list[Case], settings: dict, all_threads: int) -> dict:
         results[case.name] = {}
         for threads in sorted({1, all_threads if settings["latency_all_threads"] else 1}):
             torch.set_num_threads(threads)
-            with torch.no_grad():
-                reference = eager(*x)
-                per_call = {}
-                for name, fn in variants.items():
-                    for _ in range(5):  # profiling executor: optimizes after 2-3 calls
-                        out = fn(*x)
-                    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
-                    per_call[name] = _time_batch(fn, x, 3)
-                batch = {
-                    name: max(1, int(settings["latency_batch_s"] / max(t, 1e-7)))
-                    for name, t in per_call.items()
-                }
-                runs = {name: [] for name in variants}
-                # a round costs sum(batch * per-call); cap each model's rounds to the time budget
-                round_s = sum(batch[n] * per_call[n] for n in variants)
-                rounds = max(3, min(settings["latency_rounds"], int(settings["latency_budget_s"] / round_s)))
-                rounds = min(rounds, settings["latency_rounds"])
-                for _ in range(rounds):
-                    for name, fn in variants.items():
-                        runs[name].append(_time_batch(fn, x, batch[name]))
-            eager_s = median(runs["eager"])
-            results[case.name][f"threads={threads}"] = {
-                name: {"ms": median(r) * 1e3, "vs_eager": median(r) / eager_s} for name, r in runs.items()
-            }
+            results[case.name][f"threads={threads}"] = interleaved_latency(variants, x, settings)
         torch.set_num_threads(1)
         print(f"  latency {case.name}: done", file=sys.stderr, flush=True)
     return results
+
+
+# -- aoti: the export road on the medium network (issue 14) -------------------------------
+
+#: the AOTI rows' second input set: the medium network's density, this many atoms (every
+#: size that differs from the first set's becomes dynamic)
+AOTI_SECOND_ATOMS = 40
+#: issue 14's target: torchstitch's AOTI latency against e3nn's TorchScript model
+AOTI_TARGET = 0.5
+
+
+def bench_aoti(case: Case, settings: dict) -> dict:
+    """AOTInductor through torchstitch against e3nn's TorchScript model, on ``case``.
+
+    torchstitch: ``ts.compile(model, target="export", example_inputs=[set, second set])``
+    with default options and no rules, ``ts.save(..., format="aoti")``, ``ts.load``;
+    built with an empty Inductor cache of its own.  e3nn: ``e3nn.util.jit.script``.
+    Latency as in the latency section (one thread, interleaved), on the case's inputs.
+    """
+    import tempfile
+
+    from e3nn.util import jit as e3nn_jit
+    from reference_models import atoms
+
+    density = NETWORKS["full"][case.name]["density"]
+    second = atoms(AOTI_SECOND_ATOMS, density=density, seed=1)
+    eager = case.build()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="aoti-") as tmp:
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        scripted = e3nn_jit.script(copy.deepcopy(eager), in_place=True)
+        e3nn_s = time.perf_counter() - start
+        path = os.path.join(tmp, "model.pt2")
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
+        try:
+            start = time.perf_counter()
+            compiled = ts.compile(eager, target="export", example_inputs=[case.inputs, second])
+            export_s = time.perf_counter() - start
+            ts.save(compiled, path, format="aoti")
+            build_s = time.perf_counter() - start
+        finally:
+            if cache is None:
+                del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        loaded = ts.load(path)
+        notes = dict(ts.plan_of(compiled).root.outcome.notes)
+        variants = {"eager": eager, "e3nn TorchScript": scripted, "torchstitch AOTI": loaded}
+        latency = interleaved_latency(variants, case.inputs, settings)
+    ratio = latency["torchstitch AOTI"]["ms"] / latency["e3nn TorchScript"]["ms"]
+    print(f"  aoti {case.name}: done", file=sys.stderr, flush=True)
+    return {
+        case.name: {
+            "second_set": f"{AOTI_SECOND_ATOMS} atoms, {second[2].shape[1]} edges",
+            "dynamic": notes.get("dynamic", "none"),
+            "via": notes.get("via", "torch.export"),
+            "build_s": {"e3nn TorchScript": e3nn_s, "torchstitch AOTI": build_s},
+            "export_s": export_s,
+            "latency": latency,
+            "ratio": ratio,
+            "status": "PASS" if ratio <= AOTI_TARGET else "MISS",
+        }
+    }
+
+
+def render_aoti(aoti: dict) -> str:
+    """The AOTI section of the results (issue 14's latency target)."""
+    lines = ["### AOTInductor through torchstitch (issue 14)", ""]
+    lines += [
+        '`ts.compile(model, target="export", example_inputs=[set, second set])`, default options,',
+        'no rules, then `ts.save(..., format="aoti")` and `ts.load`, against `e3nn.util.jit.script`.',
+        "One thread, `torch.no_grad()`, interleaved, median per call on the first set; build with an",
+        "empty Inductor cache (compile + save).",
+        "",
+    ]
+    lines += [
+        "| model | variant | ms | vs eager | vs e3nn TorchScript | build s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, row in aoti.items():
+        base = row["latency"]["e3nn TorchScript"]["ms"]
+        for variant, t in row["latency"].items():
+            build = row["build_s"].get(variant)
+            lines.append(
+                f"| {model} | {variant} | {t['ms']:.3f} | {t['vs_eager']:.2f} | {t['ms'] / base:.2f}x "
+                f"| {'-' if build is None else f'{build:.2f}'} |"
+            )
+    lines.append("")
+    for model, row in aoti.items():
+        lines.append(
+            f"- {model}: second set {row['second_set']}; the export took {row['export_s']:.1f} s "
+            f"(via {row['via']}), dynamic: {row['dynamic']}."
+        )
+        lines.append(
+            f"- Target: torchstitch AOTI latency <= {AOTI_TARGET}x e3nn's TorchScript model: "
+            f"{row['ratio']:.2f}x, {row['status']}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def update_results_section(text: str, section: str) -> str:
+    """``text`` (RESULTS.md) with ``section`` in place of the section of the same heading,
+    or inserted before the targets table if there is none yet."""
+    heading = section.splitlines()[0]
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n### ", start + len(heading))
+        return text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    anchor = text.find("### Targets")
+    if anchor == -1:
+        return text.rstrip("\n") + "\n\n" + section
+    return text[:anchor] + section + "\n" + text[anchor:]
 
 
 # -- memory: a fork server in its own process ----------------------------------------------
@@ -703,6 +833,9 @@ def render(results: dict) -> str:
     )
     lines.append("")
 
+    if "aoti" in results:
+        lines += [render_aoti(results["aoti"])]
+
     lines += ["### Targets (issue 5)", ""]
     if results["mode"] == "smoke":
         lines += ["Smoke mode: tiny sizes, the verdicts below are not meaningful.", ""]
@@ -838,6 +971,8 @@ def run(mode: str, out_dir: str, profile: bool = False, write_results_md: bool |
     results["plan"] = section("plan", lambda: bench_plan(settings))
     results["compile"], results["overhead"] = section("compile", lambda: bench_compile(cases, settings))
     results["latency"] = section("latency", lambda: bench_latency(cases, settings, all_threads))
+    if mode == "full":  # an AOTI build takes about 15 s: not in smoke runs
+        results["aoti"] = section("aoti", lambda: bench_aoti(cases[1], settings))
     results["targets"] = check_targets(results)
     results["seconds"] = time.perf_counter() - started
     if profile:
@@ -860,16 +995,40 @@ def run(mode: str, out_dir: str, profile: bool = False, write_results_md: bool |
     return results
 
 
+def run_aoti_only(out_dir: str) -> int:
+    """The AOTI section alone, measured on the medium network; written to ``out_dir/aoti.md``
+    and in place of that section of RESULTS.md (the other sections keep their numbers)."""
+    warnings.simplefilter("ignore")
+    section = render_aoti(bench_aoti(Case("medium", "full"), SETTINGS["full"]))
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "aoti.md"), "w") as f:
+        f.write(section)
+    results_md = os.path.join(HERE, "RESULTS.md")
+    with open(results_md) as f:
+        text = f.read()
+    with open(results_md, "w") as f:
+        f.write(update_results_section(text, section))
+    print(section)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     parser.add_argument("--profile", action="store_true", help="also write cProfile reports of ts compiles")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     parser.add_argument("--memory-server", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--aoti-only",
+        action="store_true",
+        help="only the AOTI rows (medium network, about a minute); rewrites that section of RESULTS.md",
+    )
     args = parser.parse_args(argv)
     if args.memory_server:
         memory_server(json.loads(args.memory_server))
         return 0
+    if args.aoti_only:
+        return run_aoti_only(args.out)
     results = run("smoke" if args.smoke else "full", args.out, profile=args.profile)
     print(render(results))
     counts = {s: sum(t["status"] == s for t in results["targets"]) for s in ("PASS", "MISS", "n/a")}

@@ -4,7 +4,8 @@
 //   deploy_check aoti        model.pt2 inputs.bin outputs.bin
 //
 // inputs.bin / outputs.bin: int32 count, then per tensor int32 dtype (0 float32,
-// 1 float64, 2 int64), int32 ndim, int64 sizes[ndim], the contiguous data.
+// 1 float64, 2 int64, 3 bool), int32 ndim, int64 sizes[ndim], the contiguous data.
+// An undefined output tensor (a None in the model's outputs) is dtype -1, ndim 0, no data.
 #include <torch/script.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
@@ -22,6 +23,7 @@ at::ScalarType to_dtype(int32_t code) {
     case 0: return at::kFloat;
     case 1: return at::kDouble;
     case 2: return at::kLong;
+    case 3: return at::kBool;
   }
   throw std::runtime_error("unknown dtype code " + std::to_string(code));
 }
@@ -30,6 +32,7 @@ int32_t to_code(at::ScalarType dtype) {
   if (dtype == at::kFloat) return 0;
   if (dtype == at::kDouble) return 1;
   if (dtype == at::kLong) return 2;
+  if (dtype == at::kBool) return 3;
   throw std::runtime_error("cannot write dtype " + std::string(c10::toString(dtype)));
 }
 
@@ -57,6 +60,11 @@ void write_tensors(const std::string& path, const std::vector<at::Tensor>& tenso
   int32_t count = static_cast<int32_t>(tensors.size());
   out.write(reinterpret_cast<const char*>(&count), sizeof count);
   for (const auto& tensor : tensors) {
+    if (!tensor.defined()) {
+      const int32_t none[2] = {-1, 0};
+      out.write(reinterpret_cast<const char*>(none), sizeof none);
+      continue;
+    }
     at::Tensor t = tensor.contiguous();
     int32_t code = to_code(t.scalar_type()), ndim = static_cast<int32_t>(t.dim());
     out.write(reinterpret_cast<const char*>(&code), sizeof code);

@@ -151,7 +151,7 @@ def test_report_summarises_each_model_in_one_row(peers_modules):
 def test_report_cuts_long_messages_and_keeps_the_columns(peers_modules):
     report = peers_modules("report")
     document = report.render(ROWS, "2026-11-30")
-    export = document.split("## Export and AOTI through torchstitch", 1)[1]
+    export = document.split("## Export and AOTI through torchstitch", 1)[1].split("loaded from C++", 1)[0]
     header, _, failed, timed_out = (line for line in export.splitlines() if line.startswith("|"))
     cells = failed.split(" | ")
     assert len(cells) == header.count(" | ") + 1  # the pipes of the message are escaped
@@ -173,7 +173,7 @@ def test_report_main_reads_json_lines(peers_modules, tmp_path):
     text = out.read_text()
     assert text.startswith("# Real peers: integration checks")
     assert "on 2026-12-01" in text and "not run: why" in text
-    assert "| MACE | failed | compile | PlanError |" in text
+    assert "| MACE | failed | compile | - | PlanError |" in text
 
 
 # -- harness.py: each check in a child process with a timeout -------------------------------
@@ -261,17 +261,17 @@ def test_export_check_records_the_stage_path_and_first_line(peers_modules, monke
     subject = tiny_e3nn_subject(harness)
 
     def refuse(model, **kw):
-        # the 6- and 9-atom sets as the root's tracing inputs, their differing dims dynamic
-        assert [args[0].shape[0] for args in kw["inputs"][""]] == list(harness.SIZES[:2])
-        assert kw["example_inputs"][0].shape[0] == harness.SIZES[0]
-        (spec,) = kw["strategy_options"]["export"]["dynamic_shapes"][""]
-        assert {axis: dim.__name__ for axis, dim in spec.items()} == {0: "d6_9"}
+        # the form: the 6- and 9-atom sets, nothing else but the target
+        assert kw.keys() == {"target", "example_inputs", "root_strategy"}
+        assert kw["target"] == "export" and kw["root_strategy"] is None
+        assert [args[0].shape[0] for args in kw["example_inputs"]] == list(harness.SIZES[:2])
         raise ts.PlanError("2 node(s) cannot go to target 'export'\nsecond line", path="")
 
     monkeypatch.setattr(checks.ts, "compile", refuse)
     (row,) = checks.export_and_aoti(subject)
     assert row == {
         "stage": "compile",
+        "root_strategy": None,
         "status": "failed",
         "error": "PlanError",
         "path": "<root>",
@@ -287,8 +287,50 @@ def test_export_check_compares_every_size_with_eager(peers_modules, monkeypatch,
     monkeypatch.setattr(checks.ts, "compile", lambda model, **kw: model)
     monkeypatch.setattr(checks.ts, "save", lambda module, path, format: saved.setdefault(path, module))
     monkeypatch.setattr(checks.ts, "load", lambda path: saved[path])
-    monkeypatch.chdir(tmp_path)
-    (row,) = checks.export_and_aoti(subject)
+    monkeypatch.setattr(harness, "PEERS_DIR", tmp_path)  # where the package is kept
+    ran_in_cpp = []
+    monkeypatch.setattr(checks, "cpp_run", lambda *args: ran_in_cpp.append(args) or {"section": "cpp"})
+    row, cpp = checks.export_and_aoti(subject)
     assert row["status"] == "ok" and row["stage"] == "done"
     assert row["export_diff"] == 0.0 and row["aoti_diff"] == 0.0
     assert row["build_s"] >= 0 and row["aoti_build_s"] >= 0
+    assert row["via"] == "torch.export" and row["dynamic"] is None  # no plan on the stand-in
+    # the package stays for the C++ run and later checks, and C++ runs it on the unseen size
+    package = tmp_path / "artifacts" / "Linear.torchstitch.pt2"
+    assert list(saved) == [package]
+    assert cpp == {"section": "cpp"}
+    assert [(args[2], args[3]) for args in ran_in_cpp] == [(package, harness.SIZES[-1])]
+
+
+def test_outputs_compare_nan_where_the_other_side_has_nan(peers_modules):
+    harness = peers_modules("harness")
+    nan = float("nan")
+    eager = {"stress": torch.tensor([nan, 1.0])}
+    assert harness.close({"stress": torch.tensor([nan, 1.0])}, eager)
+    assert harness.identical({"stress": torch.tensor([nan, 1.0])}, eager)
+    assert harness.max_abs_diff({"stress": torch.tensor([nan, 1.5])}, eager) == 0.5
+    one_sided = {"stress": torch.tensor([0.0, 1.0])}
+    assert not harness.close(one_sided, eager) and not harness.identical(one_sided, eager)
+    assert harness.max_abs_diff(one_sided, eager) == float("inf")
+
+
+NEQUIP_ROWS = [
+    {"peer": "nequip", "model": "NequIP", "section": "export", "status": "ok", "stage": "done"}
+    | {"build_s": 10.0, "aoti_build_s": 30.0, "aoti_diff": 4e-15, "via": "make_fx", "dynamic": "s0 = pos[0]"},
+    {"peer": "nequip", "model": "NequIP", "section": "cpp", "status": "ok", "atoms": 12, "cpp_diff": 0.0},
+    {"peer": "nequip", "model": "NequIP", "section": "own_aoti", "status": "ok", "build_s": 50.0},
+    {"peer": "nequip", "model": "NequIP", "section": "aoti_latency", "status": "ok", "atoms": 9}
+    | {"eager_ms": 3.0, "nequip_ms": 0.1, "torchstitch_ms": 0.11, "ratio": 1.1},
+]
+
+
+def test_report_sets_torchstitch_against_nequips_own_package(peers_modules):
+    report = peers_modules("report")
+    document = report.render(NEQUIP_ROWS, "2026-11-30")
+    summary = document.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    (nequip,) = (line for line in summary.splitlines() if line.startswith("| NequIP"))
+    assert "works: max abs diff 4.0e-15 at every size; C++ loader at 12 atoms: equals Python (0)" in nequip
+    assert "built in 50 s; torchstitch builds in 0.80x its time; runs in 1.10x its latency" in nequip
+    versus = document.split("Against torchstitch's package", 1)[1]
+    row = "| NequIP | 50.0 | 40.0 | 0.80x (PASS, <= 0.8x) | 9 | 3.000 | 0.100 | 0.110 | 1.10x (MISS"
+    assert row in versus

@@ -95,23 +95,27 @@ def mace_model() -> Subject:
     )
 
 
-def lammps_mace() -> Subject:
+def lammps_mace(compute_virials: bool = False) -> Subject:
     systems = _systems()
+    names = {"energy": "total_energy_local", "node_energy": "node_energy", "forces": "forces"}
+    if compute_virials:
+        names["virials"] = "virials"
     return Subject(
-        name="LAMMPS_MACE",
+        name="LAMMPS_MACE (virials)" if compute_virials else "LAMMPS_MACE",
         model=LAMMPS_MACE(tiny_mace()),
-        make_args=lambda n: (_copy(systems[n]), torch.ones(n)),
-        outputs=lambda out: {
-            "energy": out["total_energy_local"].detach(),
-            "node_energy": out["node_energy"].detach(),
-            "forces": out["forces"].detach(),
-        },
+        # compute_virials is a Python bool: the export is specialised to the value given
+        make_args=lambda n: (_copy(systems[n]), torch.ones(n), compute_virials),
+        outputs=lambda out: {key: out[name].detach() for key, name in names.items()},
         edges=lambda n: systems[n]["edge_index"].shape[1],
-        extra={"config": "LAMMPS_MACE(the MACE model above), compute_virials=False"},
+        extra={"config": f"LAMMPS_MACE(the MACE model above), compute_virials={compute_virials}"},
     )
 
 
-BUILDERS = {"MACE": mace_model, "LAMMPS_MACE": lammps_mace}
+BUILDERS = {
+    "MACE": mace_model,
+    "LAMMPS_MACE": lammps_mace,
+    "LAMMPS_MACE_virials": lambda: lammps_mace(compute_virials=True),
+}
 CHECKS = {
     "eager": (checks.eager, 300),
     "torchscript": (checks.torchscript_drop_in, 300),

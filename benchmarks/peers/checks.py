@@ -8,14 +8,19 @@ the node path torchstitch names and the first line of its message.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 import e3nn.util.jit as e3nn_jit
 import torch
+import torch.utils._pytree as pytree
 from harness import (
+    PEERS_DIR,
     SIZES,
     Outputs,
     Row,
@@ -28,6 +33,10 @@ from harness import (
 
 import torchstitch as ts
 from torchstitch.plugins.e3nn import jit as ts_jit
+
+# the C++ loader's build, shared with tests/test_cpp_deploy.py
+sys.path.insert(0, str(PEERS_DIR.parent / "cpp"))
+import deploy_build  # noqa: E402
 
 #: compile calls of the TorchScript drop-in, timed this many times each (median)
 COMPILE_REPEATS = 3
@@ -137,58 +146,88 @@ def export_and_aoti(subject: Subject) -> list[Row]:
     """``ts.compile(target="export")`` on the first two sizes, then AOTI; both against eager.
 
     The exported model runs on every size; the AOTI package (``ts.save(format="aoti")``,
-    ``ts.load``) too, the last size being one the export never saw.  A failure is recorded
-    with the stage it happened in.
+    ``ts.load``) too, the last size being one the export never saw, in Python and in C++
+    (:func:`cpp_run`).  The package stays in ``.peers/artifacts`` for later checks.  A
+    failure is recorded with the stage it happened in.
     """
     reference = {n: subject.run(subject.model, n) for n in SIZES}
-    row: Row = {"stage": "compile"}
+    row: Row = {"stage": "compile", "root_strategy": subject.root_strategy}
     try:
         start = time.perf_counter()
-        # until example_inputs takes a list of sets (issue 14 item 3): the first set, both
-        # as the root's tracing inputs, the dims that differ between them declared, and
-        # make_fx for the forces' torch.autograd.grad (item 2)
+        # the issue's form: two input sets, every axis that differs between them dynamic,
+        # no dims and no strategy options (make_fx is chosen for the forces' autograd.grad)
         sets = [subject.make_args(n) for n in SIZES[:2]]
         compiled = ts.compile(
-            subject.fresh_copy(),
-            target="export",
-            example_inputs=sets[0],
-            inputs={"": sets},
-            strategy_options={"export": {"dynamic_shapes": {"": dynamic_spec(*sets)}, "make_fx": True}},
+            subject.fresh_copy(), target="export", example_inputs=sets, root_strategy=subject.root_strategy
         )
         row["build_s"] = time.perf_counter() - start
+        row.update(_root_notes(compiled))
         row["stage"] = "run export"
         exported = {n: subject.run(compiled, n) for n in SIZES}
         row["export_diff"] = _worst(exported, reference)
         row["stage"] = "save aoti"
+        path = subject.artifact("torchstitch")
         start = time.perf_counter()
-        ts.save(compiled, os.path.abspath("model.pt2"), format="aoti")
+        ts.save(compiled, path, format="aoti")
         row["aoti_build_s"] = time.perf_counter() - start
         row["stage"] = "load aoti"
-        loaded = ts.load(os.path.abspath("model.pt2"))
+        loaded = ts.load(path)
         row["stage"] = "run aoti"
         packaged = {n: subject.run(loaded, n) for n in SIZES}
         row["aoti_diff"] = _worst(packaged, reference)
     except Exception as exc:  # the table shows where the road ends today
         return [{**row, "status": "failed", **describe_error(exc)}]
     equal = all(close(exported[n], reference[n]) and close(packaged[n], reference[n]) for n in SIZES)
-    return [{**row, "stage": "done", "status": "ok" if equal else "differs"}]
+    return [
+        {**row, "stage": "done", "status": "ok" if equal else "differs"},
+        cpp_run(subject, loaded, path, SIZES[-1]),
+    ]
 
 
-def dynamic_spec(first: tuple[Any, ...], second: tuple[Any, ...]) -> tuple[Any, ...]:
-    """torch.export's ``dynamic_shapes`` for the root: each axis whose size differs between
-    the two input sets is dynamic, one ``Dim`` per distinct pair of sizes (atoms, edges)."""
-    dims: dict[tuple[int, int], torch.export.Dim] = {}
+def _root_notes(compiled: torch.nn.Module) -> Row:
+    """What the plan says about how the root was exported: its dims and the way traced."""
+    plan = ts.plan_of(compiled)
+    outcome = None if plan is None else plan.root.outcome
+    notes = {} if outcome is None else dict(outcome.notes)
+    return {"dynamic": notes.get("dynamic"), "via": notes.get("via", "torch.export")}
 
-    def axes(a: Any, b: Any) -> Any:
-        if not isinstance(a, torch.Tensor):
-            return None
-        spec = {}
-        for axis, sizes in enumerate(zip(a.shape, b.shape)):
-            if sizes[0] != sizes[1]:
-                spec[axis] = dims.setdefault(sizes, torch.export.Dim(f"d{sizes[0]}_{sizes[1]}"))
-        return spec or None
 
-    return tuple(torch.utils._pytree.tree_map(axes, a, b) for a, b in zip(first, second, strict=True))
+def cpp_run(subject: Subject, loaded: Any, package: os.PathLike[str], n: int) -> Row:
+    """The AOTI package run from C++ (``cpp/deploy_check.cpp``) on the ``n``-atom system,
+    against the loaded package in Python (``ts.load``'s artifact): the same flat tensors in,
+    the same out.
+
+    The program is built against this environment's torch (the compile command and cache
+    key of tests/test_cpp_deploy.py), once per environment, in ``.peers/cpp``.
+    """
+    row: Row = {"section": "cpp", "atoms": n, "stage": "build"}
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        return {**row, "status": "skipped", "message": "no C++ compiler (g++ or $CXX) on PATH"}
+    try:
+        start = time.perf_counter()
+        binary = deploy_build.build(compiler, PEERS_DIR / "cpp")
+        row["build_s"] = time.perf_counter() - start
+        row["stage"] = "run"
+        args = subject.make_args(n)
+        # the package's inputs as C++ passes them: the flattened arguments, in the order
+        # the package metadata's torchstitch.inputs names them
+        _, _, flat = loaded.module.input_spec.check(args, {})
+        inputs = [value for value in flat if isinstance(value, torch.Tensor)]
+        with tempfile.TemporaryDirectory(prefix="cpp-") as workdir:
+            outputs, _ = deploy_build.run(binary, "aoti", package, inputs, workdir)
+        expected, structure = pytree.tree_flatten(loaded(*args))
+        row["outputs"] = len(outputs)
+        # a None output (MACE's virials when not asked for) is an undefined tensor in C++:
+        # compared by position, so the names differ if one side has it and not the other
+        got = {str(i): t for i, t in enumerate(outputs) if t is not None}
+        want = {str(i): t.detach() for i, t in enumerate(expected) if t is not None}
+        row["cpp_diff"] = max_abs_diff(got, want)
+        in_cpp = subject.outputs(pytree.tree_unflatten(outputs, structure))
+        row["vs_eager"] = max_abs_diff(in_cpp, subject.run(subject.model, n))
+    except Exception as exc:  # the row says what failed
+        return {**row, "status": "failed", **describe_error(exc)}
+    return {**row, "stage": "done", "status": "ok" if close(got, want) else "differs"}
 
 
 def _worst(outputs: dict[int, Outputs], reference: dict[int, Outputs]) -> float | None:

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,10 @@ import torch
 #: two (each dimension that differs between them should become dynamic), the third is a
 #: size it has never seen
 SIZES = (6, 9, 12)
+#: the folder .ci/peers keeps its environments in; the checks keep there what outlives one
+#: check: the C++ loader's binaries (per environment's torch) and the packages a later
+#: check of the same run compares (``artifacts/MODEL.KIND.pt2``)
+PEERS_DIR = Path(__file__).resolve().parents[2] / ".peers"
 #: outputs this close to eager count as equal (float64 models)
 ATOL = 1e-8
 RTOL = 1e-6
@@ -51,6 +56,9 @@ class Subject:
     :param outputs: the named output tensors of one call (energy, forces, ...), detached.
     :param edges: the number of edges of the ``n``-atom system.
     :param extra: fields every eager row carries (how the model was configured).
+    :param root_strategy: ``ts.compile``'s ``root_strategy`` for the export check, where
+        nothing claims the model's root (``target="export"`` then exports the claimed
+        submodules only, and an AOTI package needs an exported root).
     """
 
     name: str
@@ -59,10 +67,17 @@ class Subject:
     outputs: Callable[[Any], Outputs]
     edges: Callable[[int], int]
     extra: dict[str, Any] = field(default_factory=dict)
+    root_strategy: str | None = None
 
     def run(self, module: Any, n: int) -> Outputs:
         """``module``'s named outputs on the ``n``-atom system."""
         return self.outputs(module(*self.make_args(n)))
+
+    def artifact(self, kind: str) -> Path:
+        """Where this model's package of ``kind`` is kept for later checks of the run."""
+        folder = PEERS_DIR / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{self.name}.{kind}.pt2"
 
     def fresh_copy(self) -> torch.nn.Module:
         """A deep copy of the eager model, for a compiler to change as it likes."""
@@ -99,28 +114,61 @@ def median_call_ms(fn: Callable[[], Any], calls: int = 30, warmup: int = 3) -> f
     return 1e3 * statistics.median(times)
 
 
+def interleaved_ms(
+    fns: Mapping[str, Callable[[], Any]], rounds: int = 15, calls: int = 20
+) -> dict[str, float]:
+    """Median milliseconds per call of each of ``fns``, timed side by side: after warm-up
+    calls, round after round, each round timing ``calls`` calls of each in turn (so that the
+    drift of a shared machine falls on all of them alike)."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
 def detached(outputs: Mapping[str, Any]) -> Outputs:
     """The tensor values of ``outputs``, detached (``None`` values dropped)."""
     return {k: v.detach() for k, v in outputs.items() if isinstance(v, torch.Tensor)}
 
 
+# A NaN where the other side has a NaN too counts as equal: the stress of a cluster without
+# a cell is NaN in eager as well (nequip divides the virial by the cell's volume).
+
+
 def identical(a: Outputs, b: Outputs) -> bool:
-    """Same names and bit-identical tensors."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    """Same names and bit-identical tensors (NaN where the other has NaN)."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=0, rtol=0, equal_nan=True) for k in a
+    )
 
 
 def max_abs_diff(a: Outputs, b: Outputs) -> float | None:
-    """Largest absolute difference over the outputs both have; ``None`` if the names differ."""
+    """Largest absolute difference over the outputs both have; ``None`` if the names differ,
+    ``inf`` where one side has a NaN and the other not."""
     if a.keys() != b.keys():
         return None
-    diffs = [float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()]
+    diffs = []
+    for k in a:
+        if not a[k].numel():
+            continue
+        x, y = a[k].double(), b[k].double()
+        diff = torch.where(x.isnan() & y.isnan(), 0.0, (x - y).abs())
+        diffs.append(float(diff.nan_to_num(nan=float("inf")).max()))
     return max(diffs, default=0.0)
 
 
 def close(a: Outputs, b: Outputs) -> bool:
     """Same names and every tensor within :data:`ATOL`/:data:`RTOL` of the other."""
     return a.keys() == b.keys() and all(
-        a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=ATOL, rtol=RTOL) for k in a
+        a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=ATOL, rtol=RTOL, equal_nan=True)
+        for k in a
     )
 
 

@@ -6,7 +6,8 @@
     python benchmarks/peers/report.py rows/mace.jsonl rows/nequip.jsonl --out benchmarks/PEERS_RESULTS.md
 
 A row is a JSON object with ``peer``, ``model``, ``section`` (the check: ``eager``,
-``torchscript``, ``torchscript_refusal``, ``export``, ``own_aoti``; ``meta`` for the
+``torchscript``, ``torchscript_refusal``, ``export``, ``cpp``, ``own_aoti``,
+``aoti_latency``; ``meta`` for the
 versions and machine) and the check's fields; a row whose check timed out or crashed has
 ``status`` ``timeout``/``crashed`` and a ``message``.  Unknown fields are ignored; missing
 ones show as ``-``.
@@ -84,26 +85,41 @@ EXPORT: Columns = [
     ("model", "model", text),
     ("status", "status", text),
     ("stage", "stage", text),
+    ("root_strategy", "root_strategy", code),
     ("error", "error", text),
     ("path", "path", code),
     ("first line of the message", "message", text),
     ("export s", "build_s", fixed(1)),
+    ("via", "via", text),
+    ("dynamic (the plan's note)", "dynamic", code),
     ("export max abs diff", "export_diff", diff),
     ("AOTI build s", "aoti_build_s", fixed(1)),
     ("AOTI max abs diff", "aoti_diff", diff),
+]
+CPP: Columns = [
+    ("model", "model", text),
+    ("status", "status", text),
+    ("atoms", "atoms", text),
+    ("output tensors", "outputs", text),
+    ("C++ vs Python max abs diff", "cpp_diff", diff),
+    ("C++ vs eager", "vs_eager", diff),
+    ("loader build s", "build_s", fixed(1)),
+    ("stage", "stage", text),
+    ("error", "error", text),
+    ("message", "message", text),
 ]
 OWN_AOTI: Columns = [
     ("model", "model", text),
     ("status", "status", text),
     ("build s", "build_s", fixed(1)),
-    ("latency atoms", "latency_atoms", text),
-    ("eager ms", "eager_ms", fixed(3)),
-    ("AOTI ms", "aoti_ms", fixed(3)),
     ("max abs diff", "aoti_diff", diff),
     ("stage", "stage", text),
     ("error", "error", text),
     ("message", "message", text),
 ]
+#: issue 14's targets for torchstitch's AOTI against NequIP's own on the same model
+BUILD_TARGET = 0.8
+LATENCY_TARGET = 1.05
 
 
 def table(columns: Columns, rows: Iterable[Row]) -> list[str]:
@@ -168,18 +184,79 @@ def _export_summary(rows: list[Row]) -> str:
     return "; ".join(parts) or "-"
 
 
-def _own_aoti_summary(rows: list[Row]) -> str:
+def _cpp_summary(rows: list[Row]) -> str:
+    parts = []
+    for row in rows:
+        if row.get("status") == "ok":
+            parts.append(
+                f"C++ loader at {row.get('atoms')} atoms: equals Python ({diff(row.get('cpp_diff') or 0)})"
+            )
+        elif row.get("status") == "skipped":
+            parts.append(f"C++ loader: skipped, {text(row.get('message', ''))}")
+        else:
+            parts.append(f"C++ loader: {_failure(row)}")
+    return "; ".join(parts)
+
+
+def _own_aoti_summary(rows: list[Row], versus: Row | None) -> str:
     parts = []
     for row in rows:
         if row.get("status") in ("ok", "differs"):
-            latency = ""
-            if row.get("aoti_ms") is not None and row.get("eager_ms"):
-                latency = f", {row['aoti_ms']:.3f} ms vs eager {row['eager_ms']:.3f} ms"
             equal = "" if row["status"] == "ok" else f", differs by {diff(row.get('aoti_diff') or 0)}"
-            parts.append(f"built in {row.get('build_s', 0):.0f} s{latency}{equal}")
+            parts.append(f"built in {row.get('build_s', 0):.0f} s{equal}")
         else:
             parts.append(f"fails: {_failure(row)}")
+    if versus is not None and versus.get("build_ratio") is not None:
+        parts.append(f"torchstitch builds in {versus['build_ratio']:.2f}x its time")
+    if versus is not None and versus.get("latency_ratio") is not None:
+        parts.append(f"runs in {versus['latency_ratio']:.2f}x its latency")
     return "; ".join(parts) or "-"
+
+
+def versus_nequip(rows: list[Row]) -> list[Row]:
+    """Per model with NequIP's own package: both builds and both latencies, side by side."""
+    out = []
+    for peer, model in models(rows):
+        mine = [row for row in rows if row.get("peer") == peer and row.get("model") == model]
+        own, export, latency = of(mine, "own_aoti"), of(mine, "export"), of(mine, "aoti_latency")
+        if not own:
+            continue
+        row: Row = {"model": model, "nequip_build_s": own[0].get("build_s")}
+        if export and export[0].get("aoti_build_s") is not None:
+            row["torchstitch_build_s"] = export[0]["build_s"] + export[0]["aoti_build_s"]
+            if row["nequip_build_s"]:
+                row["build_ratio"] = row["torchstitch_build_s"] / row["nequip_build_s"]
+        if latency and latency[0].get("status") == "ok":
+            timed = latency[0]
+            row.update(
+                atoms=timed.get("atoms"),
+                eager_ms=timed.get("eager_ms"),
+                nequip_ms=timed.get("nequip_ms"),
+                torchstitch_ms=timed.get("torchstitch_ms"),
+                latency_ratio=timed.get("ratio"),
+            )
+        elif latency:
+            row["latency_error"] = _failure(latency[0])
+        out.append(row)
+    return out
+
+
+def _verdict(limit: float) -> Format:
+    return lambda value: f"{value:.2f}x ({'PASS' if value <= limit else 'MISS'}, <= {limit}x)"
+
+
+VERSUS: Columns = [
+    ("model", "model", text),
+    ("NequIP build s", "nequip_build_s", fixed(1)),
+    ("torchstitch build s (compile + save)", "torchstitch_build_s", fixed(1)),
+    ("build ratio", "build_ratio", _verdict(BUILD_TARGET)),
+    ("atoms", "atoms", text),
+    ("eager ms", "eager_ms", fixed(3)),
+    ("NequIP AOTI ms", "nequip_ms", fixed(3)),
+    ("torchstitch AOTI ms", "torchstitch_ms", fixed(3)),
+    ("latency ratio", "latency_ratio", _verdict(LATENCY_TARGET)),
+    ("latency not measured", "latency_error", text),
+]
 
 
 def summary(rows: list[Row]) -> list[str]:
@@ -188,12 +265,12 @@ def summary(rows: list[Row]) -> list[str]:
         "| NequIP's own AOTI |",
         "|---|---|---|---|---|",
     ]
+    versus = {row["model"]: row for row in versus_nequip(rows)}
     for peer, model in models(rows):
         mine = [row for row in rows if row.get("peer") == peer and row.get("model") == model]
-        lines.append(
-            f"| {model} | {peer} | {_drop_in_summary(of(mine, 'torchscript'))} "
-            f"| {_export_summary(of(mine, 'export'))} | {_own_aoti_summary(of(mine, 'own_aoti'))} |"
-        )
+        export = "; ".join(filter(None, [_export_summary(of(mine, "export")), _cpp_summary(of(mine, "cpp"))]))
+        own = _own_aoti_summary(of(mine, "own_aoti"), versus.get(model))
+        lines.append(f"| {model} | {peer} | {_drop_in_summary(of(mine, 'torchscript'))} | {export} | {own} |")
     return lines
 
 
@@ -268,12 +345,22 @@ def render(
     lines += [
         "## Export and AOTI through torchstitch",
         "",
-        '`ts.compile(model, target="export", example_inputs=[set6, set9])`, then',
+        '`ts.compile(model, target="export", example_inputs=[set6, set9])` with no dims, rules or',
+        "strategy options (`root_strategy` where nothing claims the model's root), then",
         '`ts.save(compiled, "model.pt2", format="aoti")` and `ts.load`; both run on 6, 9 and 12 atoms',
-        "(12 never seen at compile time) and are compared with eager.  `stage` is where it stopped.",
-        "Each check runs in a fresh process with an empty Inductor cache.",
+        "(12 never seen at compile time) and are compared with eager (energies, forces, and the",
+        "virials and stress where the model computes them; a NaN stress where eager's is NaN counts",
+        "as equal).  `stage` is where it stopped; `via` and `dynamic` are the plan's notes on the",
+        "root.  Each check runs in a fresh process with an empty Inductor cache.",
         "",
         *table(EXPORT, of(rows, "export")),
+        "",
+        "The same package loaded from C++ (`cpp/deploy_check.cpp`, built against the peer",
+        "environment's torch with the command of tests/test_cpp_deploy.py and cached in",
+        "`.peers/cpp`), on the 12-atom system's inputs flattened in the order of the package's",
+        "`torchstitch.inputs`; its output tensors against the package's in Python, and against eager.",
+        "",
+        *table(CPP, of(rows, "cpp")),
         "",
     ]
     own = of(rows, "own_aoti")
@@ -282,12 +369,22 @@ def render(
             "## NequIP's own AOTI pipeline (reference)",
             "",
             "`nequip.utils.aot.aot_export_model` (what `nequip-compile --mode aotinductor` calls) on",
-            "the same model, compiled on the 6-atom system with dynamic nodes and edges, in a fresh",
-            "process with an empty Inductor cache (one-time costs included, as for torchstitch's AOTI",
-            "build above); its outputs at 6, 9 and 12 atoms against eager; latency is the median per",
-            "call at 9 atoms, one thread.",
+            "the same model, compiled on the 6-atom system with dynamic nodes and edges, asked for",
+            "energies and forces (pair_nequip's outputs), in a fresh process with an empty Inductor",
+            "cache (one-time costs included, as for torchstitch's AOTI build above); its outputs at",
+            "6, 9 and 12 atoms against eager.",
             "",
             *table(OWN_AOTI, own),
+            "",
+            "Against torchstitch's package: build seconds of each (torchstitch: `ts.compile` +",
+            '`ts.save(format="aoti")`, from the export check), and both packages timed side by side in',
+            "one process at 9 atoms, one thread, median of interleaved rounds.  torchstitch's takes",
+            "the model's whole input dict and returns every output (stress and virial too), each",
+            "call checked against the package's input spec; NequIP's takes pair_nequip's inputs and",
+            f"returns energies and forces.  Targets (issue 14): build <= {BUILD_TARGET}x, latency <=",
+            f"{LATENCY_TARGET}x.",
+            "",
+            *table(VERSUS, versus_nequip(rows)),
             "",
         ]
     return "\n".join(lines)

@@ -90,7 +90,7 @@ class InputSpec:
         own = program.module_call_graph[0].signature
         arg_names = _argument_names(in_spec, names, own.forward_arg_names if own else None)
         paths = _leaf_paths(in_spec, arg_names)
-        values = [_placeholder_value(node) for node in _user_placeholders(program)]
+        values = [_placeholder_value(node) for node in user_placeholders(program)]
         if len(values) != len(paths):
             raise ValueError(f"the program has {len(values)} user inputs but its in_spec {len(paths)} leaves")
         leaves = tuple(_leaf(path, value) for path, value in zip(paths, values))
@@ -282,9 +282,17 @@ class InputSpec:
 # -- reading the program --------------------------------------------------------
 
 
-def _user_placeholders(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
-    users = set(program.graph_signature.user_inputs)
-    return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
+def user_placeholders(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
+    """The placeholders of the caller's inputs, one per leaf of the program's ``in_spec``.
+
+    Read from ``input_specs`` (in the order of the placeholders), not ``user_inputs``:
+    that names a constant input (``compute_virials=True``) by its value, not its node.
+    """
+    from torch.export.graph_signature import InputKind
+
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    specs = program.graph_signature.input_specs
+    return [node for node, spec in zip(placeholders, specs) if spec.kind == InputKind.USER_INPUT]
 
 
 def _placeholder_value(node: torch.fx.Node) -> Any:

@@ -61,6 +61,7 @@ from .dims import (
     leaves_of,
     size_problems,
 )
+from .guards import user_placeholders
 from .module import ExportedModule
 from .probing import Finding, deepest_failure, quiet_failures
 
@@ -317,10 +318,17 @@ def _export_some_way(
 
     ``make_fx=None`` (default): plain export first, and ``make_fx`` when it fails for a
     reason ``make_fx`` cures (``torch.autograd.grad``, TorchScript modules in the region);
-    ``True``: ``make_fx`` only; ``False``: plain only.
+    ``make_fx`` first where the region's code shows such a reason before tracing
+    (:func:`_foreseen_make_fx_reason`), since a plain export fails on it only once it has
+    traced the whole region (a third of a NequIP model's export time); ``True``: ``make_fx``
+    only; ``False``: plain only.
 
     :returns: the program and whether it went through ``make_fx``.
     """
+    if make_fx is None:
+        foreseen = _foreseen_make_fx_reason(module, context.node.path)
+        if foreseen is not None:
+            return _make_fx_first(module, args, spec_of, options, context, foreseen)
     if make_fx is not True:
         try:
             return _trace_and_export(module, args, spec_of, False, options), False
@@ -338,6 +346,70 @@ def _export_some_way(
         return _trace_and_export(module, args, spec_of, True, options), True
     except Exception as exc:
         raise _failure(exc, module, args, True, False, context) from exc
+
+
+def _make_fx_first(
+    module: torch.nn.Module,
+    args: tuple[Any, ...],
+    spec_of: SpecOf,
+    options: Mapping[str, Any],
+    context: CompileContext,
+    reason: str,
+) -> tuple[torch.export.ExportedProgram, bool]:
+    """``make_fx`` then export; if that fails, plain export, as when plain export goes first:
+    the failure reported is the ``make_fx`` one where plain export fails for a reason
+    ``make_fx`` cures, else plain export's own."""
+    path = context.node.path
+    log.debug("%s: tracing with make_fx first, because %s", display_path(path), reason)
+    try:
+        return _trace_and_export(module, args, spec_of, True, options), True
+    except Exception as exc:
+        traced_failure = exc
+    try:
+        return _trace_and_export(module, args, spec_of, False, options), False
+    except Exception as exc:
+        if _make_fx_cures(exc, module, path) is None:
+            raise _failure(exc, module, args, False, False, context) from exc
+    raise _failure(traced_failure, module, args, True, False, context) from traced_failure
+
+
+def _foreseen_make_fx_reason(module: torch.nn.Module, path: str) -> str | None:
+    """A reason for ``make_fx`` that the region shows before anything is traced: a
+    ``forward`` that calls ``torch.autograd.grad`` (itself or through the module-level
+    functions it calls, read from their bytecode's names), or TorchScript modules."""
+    seen: set[Any] = set()
+    for name, child in module.named_modules():
+        if _calls_autograd_grad(getattr(type(child), "forward", None), _GRAD_SEARCH_DEPTH, seen):
+            return f"{display_path(_join(path, name))} calls torch.autograd.grad (e.g. forces)"
+    scripted = _script_modules(module, path)
+    if scripted:
+        return f"the region holds TorchScript modules ({', '.join(map(display_path, scripted))})"
+    return None
+
+
+#: how many module-level function calls deep _calls_autograd_grad looks (MACE: forward ->
+#: get_outputs -> compute_forces -> torch.autograd.grad)
+_GRAD_SEARCH_DEPTH = 3
+
+
+def _calls_autograd_grad(function: Any, depth: int, seen: set[Any]) -> bool:
+    """Whether ``function``'s code names ``torch.autograd.grad``, or a module-level function
+    it names does, ``depth`` calls down; each code object is read once per ``seen``."""
+    code = getattr(function, "__code__", None)
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names = set(code.co_names)
+    if {"autograd", "grad"} <= names:
+        return True
+    if depth == 0:
+        return False
+    scope = getattr(function, "__globals__", {})
+    return any(
+        _calls_autograd_grad(scope[name], depth - 1, seen)
+        for name in names
+        if inspect.isfunction(scope.get(name))
+    )
 
 
 def _trace_and_export(
@@ -520,15 +592,10 @@ def _module_at(module: torch.nn.Module, path: str, frame: Any) -> str:
     return f"code outside the region's forward methods ({frame.name})"
 
 
-def _user_placeholders(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
-    users = set(program.graph_signature.user_inputs)
-    return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
-
-
 def _misfit(program: torch.export.ExportedProgram, args: tuple[Any, ...]) -> str | None:
     """Why ``args`` cannot run through ``program`` (a specialised or out-of-range dimension)."""
     leaves = pytree.tree_leaves(args)
-    for index, (node, value) in enumerate(zip(_user_placeholders(program), leaves)):
+    for index, (node, value) in enumerate(zip(user_placeholders(program), leaves)):
         expected = node.meta.get("val")
         if not isinstance(value, torch.Tensor) or not isinstance(expected, torch.Tensor):
             continue

@@ -152,6 +152,30 @@ def test_a_loaded_export_guards_itself_with_the_users_argument_names(tmp_path):
         assert "input x dim 1 is 4, but the export fixed it to 3" in str(error)
 
 
+class Flagged(torch.nn.Module):
+    """A Python bool argument, as LAMMPS_MACE's ``compute_virials``: the export fixes it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x, double: bool = False):
+        y = self.lin(x)
+        return y * 2 if double else y
+
+
+def test_a_constant_argument_is_guarded_with_the_tensors():
+    model = Flagged()
+    compiled = export_root(dims={"atoms": {"x": 0}}).compile(model, example_inputs=(torch.randn(5, 3), True))
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(compiled.module(x, True), model(x, True))
+    error = call_error(compiled.module, x, False)
+    assert error.input == "double"
+    assert "input double is False, but the export fixed it to True" in str(error)
+    error = call_error(compiled.module, torch.randn(8, 4), True)
+    assert "input x dim 1 is 4, but the export fixed it to 3" in str(error)
+
+
 # -- an operator torch.export.save cannot serialise ---------------------------------
 
 
@@ -277,3 +301,17 @@ def test_aoti_package_loads_its_libraries_first_and_names_a_missing_one(package,
     )
     ts.load(edited)
     assert calls == [("library", str(library)), ("package", str(edited))]
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [{"energy": 1, "forces": 2}, (1, 2), [1, 2], {"energy": (1, 2), "forces": 3}, 1, {"energy": None}],
+    ids=["dict", "tuple", "list", "nested", "one", "dict-with-none"],
+)
+def test_a_package_gives_its_outputs_back_in_the_models_structure(outputs):
+    from torch.utils import _pytree as pytree
+
+    from torchstitch.plugins.export.module import _output_builder
+
+    flat, spec = pytree.tree_flatten(outputs)
+    assert _output_builder(spec)(flat) == outputs

@@ -83,3 +83,49 @@ def test_forces_export_through_make_fx_without_being_asked(watch):
     for got, expected in zip(result.module(pos), model(pos)):
         torch.testing.assert_close(got, expected)
     check()
+
+
+def _forces(energy, pos):
+    """Forces in a module-level helper, as MACE computes them (forward -> helper -> grad)."""
+    (grad,) = torch.autograd.grad([energy], [pos])
+    return -grad
+
+
+class HelperForces(EnergyForces):
+    def forward(self, pos):
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self.energy(pos)
+            forces = _forces(energy, pos)
+        return energy.detach(), forces
+
+
+@pytest.mark.parametrize(
+    "model_class, ways",
+    [(EnergyForces, [True]), (HelperForces, [True]), (PairEnergy, [False])],
+    ids=["grad-in-forward", "grad-in-a-helper", "no-grad"],
+)
+def test_a_region_that_calls_autograd_grad_is_traced_with_make_fx_first(
+    model_class, ways, watch, monkeypatch
+):
+    """No plain export that can only fail once it has traced everything: make_fx straight away."""
+    from torchstitch.plugins.export import strategy
+
+    tried = []
+    trace_and_export = strategy._trace_and_export
+
+    def spy(module, args, spec_of, make_fx, options):
+        tried.append(make_fx)
+        return trace_and_export(module, args, spec_of, make_fx, options)
+
+    monkeypatch.setattr(strategy, "_trace_and_export", spy)
+    torch.manual_seed(0)
+    model = model_class().eval()
+    check = watch(model)
+    sets = [(torch.randn(6, 3),), (torch.randn(9, 3),)]
+    compiled = ts.compile(model, target="export", example_inputs=sets)
+    assert tried == ways
+    assert dict(ts.plan_of(compiled)[""].outcome.notes).get("via") == ("make_fx" if ways == [True] else None)
+    pos = torch.randn(13, 3)
+    torch.testing.assert_close(compiled(pos), model(pos))
+    check()
