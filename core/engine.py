@@ -154,7 +154,7 @@ class Engine:
             return self._compile(plugin_set, tree, module, example_inputs, inputs, start)
         except (NodeCompileError, VerificationError) as exc:
             claim = tree.plan.root.claim
-            failed = tree.plan[exc.path] if exc.path in tree.plan else None
+            failed = tree.plan[exc.path] if exc.path is not None and exc.path in tree.plan else None
             if (
                 claim is None
                 or claim.reason != ROOT_TO_TARGET_REASON

@@ -90,10 +90,6 @@ def _subject(name: str, model: torch.nn.Module, config: str) -> Subject:
         outputs=lambda out: {key: out[OUTPUTS[key]].detach() for key in OUTPUTS},
         edges=lambda n: systems[n]["edge_index"].shape[1],
         extra={"config": config},
-        # nequip's GraphModel is not claimed (only its e3nn submodules are): without this the
-        # compiled root stays in Python, its claimed submodules exported, and there is no
-        # AOTI package of the whole model
-        root_strategy="export",
     )
 
 

@@ -105,7 +105,7 @@ class AOTIModule(torch.nn.Module):
         self._outputs = None if self._out_spec is None else _output_builder(self._out_spec)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.input_spec is None or self._out_spec is None:
+        if self.input_spec is None or self._outputs is None:
             args, kwargs = pytree.tree_map_only(torch.Tensor, _contiguous, (args, kwargs))
             return self.runner(*args, **kwargs)
         _, _, flat = self.input_spec.check(args, kwargs)
