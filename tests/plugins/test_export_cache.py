@@ -7,8 +7,10 @@ import zipfile
 
 import pytest
 import torch
-from test_cpp_deploy import deploy_check  # noqa: F401 (the C++ loader, a session fixture)
-from test_cpp_deploy import run as run_cpp
+from test_cpp_deploy import (
+    deploy_build,  # the C++ loader's build and tensor files
+    deploy_check,  # noqa: F401 (the C++ loader, a session fixture)
+)
 from torch.utils._pytree import tree_leaves
 
 import torchstitch as ts
@@ -219,7 +221,7 @@ def test_a_corrupt_cached_package_is_rebuilt_with_a_warning(packages, tmp_path, 
 def test_a_package_from_the_cache_runs_in_cpp(packages, deploy_check, tmp_path):  # noqa: F811
     _, warm_model, folder = packages
     pos = torch.randn(7, 3)
-    outputs, _ = run_cpp(deploy_check, "aoti", folder / "warm.pt2", [pos], tmp_path)
+    outputs, _ = deploy_build.run(deploy_check, "aoti", folder / "warm.pt2", [pos], tmp_path)
     for got, want in zip(outputs, warm_model(pos), strict=True):
         torch.testing.assert_close(got, want)
 
