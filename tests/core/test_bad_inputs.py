@@ -14,6 +14,7 @@ from typing import NamedTuple
 import attrs
 import pytest
 import torch
+from modules import Leaf, ScriptedLeaf, TracedLeaf, Unscriptable, UnsupportedLeaf
 from torch import nn
 
 import torchstitch as ts
@@ -28,30 +29,6 @@ pytestmark = [
 # --------------------------------------------------------------------------
 # tiny modules (no `from __future__ import annotations`: TorchScript reads these)
 # --------------------------------------------------------------------------
-
-
-class Leaf(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
-@ts.compile_mode("trace")
-class TracedLeaf(Leaf):
-    pass
-
-
-@ts.compile_mode("script")
-class ScriptedLeaf(Leaf):
-    pass
-
-
-@ts.compile_mode("unsupported")
-class UnsupportedLeaf(Leaf):
-    pass
 
 
 class Stack(nn.Module):
@@ -135,17 +112,6 @@ class BothSigns(nn.Module):
 
     def forward(self, x):
         return self.branch(x) + self.branch(-x)
-
-
-@ts.compile_mode("script")
-class Unscriptable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        f = lambda t: t * 2.0  # noqa: E731
-        return f(self.lin(x))
 
 
 class UsesUnused(Leaf):
