@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from modules import Parent, Probe, outcome
 from torch import nn
 
 import torchstitch as ts
@@ -19,26 +20,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
-
-
-@ts.compile_mode("trace")
-class Probe(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
-class Parent(nn.Module):
-    def __init__(self, child):
-        super().__init__()
-        self.child = child
-        self.post = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.post(self.child(x))
 
 
 class CallsTwice(nn.Module):
@@ -135,12 +116,6 @@ class WithNorm(nn.Module):
 
     def forward(self, x):
         return self.bn(self.block(x))
-
-
-def outcome(result, path):
-    node = result.plan[path]
-    assert node.outcome is not None, f"{path} was not compiled"
-    return node.outcome
 
 
 # --------------------------------------------------------------------------
