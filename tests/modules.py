@@ -101,6 +101,50 @@ def plus_half(module: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------
+# control flow and wrappers (tests/core: bad inputs, engine, inputs, properties, state,
+# verify)
+# --------------------------------------------------------------------------
+
+
+class Stack(nn.Module):
+    """``layers.0``, ``layers.1``, ...: called in order."""
+
+    def __init__(self, *children):
+        super().__init__()
+        self.layers = nn.ModuleList(children)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class Branch(nn.Module):
+    """Data-dependent control flow: a trace keeps only the branch its input took."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2.0
+        return x - 1.0
+
+
+@ts.compile_mode("trace")
+class TracedBranch(Branch):
+    pass
+
+
+class AddOne(nn.Module):
+    """``inner(x) + 1``: ``inner`` made wrong, or merely wrapped."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) + 1.0
+
+
+# --------------------------------------------------------------------------
 # a traced child under a parent, and the outcome of its node
 # (tests/core/test_inputs.py, tests/plugins/builtin/test_inputs.py)
 # --------------------------------------------------------------------------

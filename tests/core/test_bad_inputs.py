@@ -14,7 +14,7 @@ from typing import NamedTuple
 import attrs
 import pytest
 import torch
-from modules import Leaf, ScriptedLeaf, TracedLeaf, Unscriptable, UnsupportedLeaf
+from modules import Branch, Leaf, ScriptedLeaf, Stack, TracedLeaf, Unscriptable, UnsupportedLeaf
 from torch import nn
 
 import torchstitch as ts
@@ -29,19 +29,6 @@ pytestmark = [
 # --------------------------------------------------------------------------
 # tiny modules (no `from __future__ import annotations`: TorchScript reads these)
 # --------------------------------------------------------------------------
-
-
-class Stack(nn.Module):
-    """``layers.0``, ``layers.1``, ...: called in order."""
-
-    def __init__(self, *children):
-        super().__init__()
-        self.layers = nn.ModuleList(children)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class Wrap(nn.Module):
@@ -96,13 +83,6 @@ class NaNTail(nn.Module):
 
     def forward(self, x):
         return x * float("nan")
-
-
-class Branch(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
 
 
 class BothSigns(nn.Module):

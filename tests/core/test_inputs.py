@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
-from modules import Parent, Probe, outcome
+from modules import Parent, Probe, TracedBranch, outcome
 from torch import nn
 
 import torchstitch as ts
@@ -36,18 +36,10 @@ class CallsTwice(nn.Module):
         return out
 
 
-@ts.compile_mode("trace")
-class BranchyProbe(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
-
-
 class CallsBothSigns(nn.Module):
     def __init__(self):
         super().__init__()
-        self.child = BranchyProbe()
+        self.child = TracedBranch()
 
     def forward(self, x):
         return self.child(x) + self.child(-x)
@@ -56,7 +48,7 @@ class CallsBothSigns(nn.Module):
 class CallsOnce(nn.Module):
     def __init__(self):
         super().__init__()
-        self.child = BranchyProbe()
+        self.child = TracedBranch()
 
     def forward(self, x):
         return self.child(x)
