@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from modules import AddOne, Branch, plus_half
+from modules import AddOne, Branch, Stack, plus_half
 from torch import nn
 
 import torchstitch as ts
@@ -65,17 +65,6 @@ class TracedLin(nn.Module):
 
     def forward(self, x):
         return torch.tanh(self.lin(x)) + 0.5
-
-
-class Chain(nn.Module):
-    def __init__(self, children):
-        super().__init__()
-        self.layers = nn.ModuleList(children)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class Bag(nn.Module):
@@ -140,7 +129,7 @@ LEAVES = {
 }
 CONTAINERS = {
     "sequential": (lambda children: nn.Sequential(*children), 3),
-    "chain": (Chain, 3),
+    "chain": (lambda children: Stack(*children), 3),
     "bag": (Bag, 3),
     "residual": (Residual, 1),
     "twice": (Twice, 1),
