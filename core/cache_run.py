@@ -75,6 +75,8 @@ class NodeCache:
         self.hit_below: dict[str, str] = {}
         #: keys looked up in vain during this call
         self.missing: set[str] = set()
+        #: path -> key of each node loaded from an entry
+        self.hits: dict[str, str] = {}
         #: (path, strategy, key, compiled module) of the misses, written by :meth:`flush`
         self.pending: list[tuple[str, Strategy, str, torch.nn.Module]] = []
         self._versions: dict[str, str] = {}
@@ -212,7 +214,24 @@ class NodeCache:
             loaded = self._load_entry(node, shell, strategy, key)
         if loaded is not None:
             self.keys[node.path] = f"{strategy.name} {key}"
+            self.hits[node.path] = key
         return loaded
+
+    def reject_hits(self, failure: Exception) -> bool:
+        """After a failed verification: remove the entries this call loaded (a warning), so
+        that compiling again rebuilds them; whether there were any."""
+        if self.cache is None or not self.hits:
+            return False
+        where = ", ".join(f"{key[:8]} of {display_path(path)}" for path, key in sorted(self.hits.items()))
+        warn(
+            TorchstitchWarning(
+                f"compile cache entries {where} were loaded but the model differs from eager "
+                f"({exception_summary(failure)}): removed, compiling anew"
+            )
+        )
+        for key in self.hits.values():
+            self.cache.discard(key)
+        return True
 
     def _load_entry(
         self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str
