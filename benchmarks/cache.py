@@ -27,34 +27,44 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTS = os.path.join(os.path.dirname(HERE), "tests")
 
-NETWORKS = {
-    "full": {
-        "medium": {"model": dict(n_layers=3, lmax=1, channels=16), "atoms": 50, "density": 0.2055},
-        "large": {"model": dict(n_layers=6, lmax=2, channels=32), "atoms": 200, "density": 0.18},
-    },
-    "smoke": {
-        "medium": {"model": dict(n_layers=1, lmax=1, channels=4), "atoms": 12, "density": 0.2},
-        "large": {"model": dict(n_layers=2, lmax=2, channels=4), "atoms": 16, "density": 0.2},
-    },
-}
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+from run import NETWORKS  # noqa: E402  (the reference networks, full and smoke sizes)
 
-#: what one subprocess runs: build with new weights, compile once, report seconds and the root's cache word
+#: what one subprocess runs: build with new weights, compile once (one thread, as benchmarks/run.py:
+#: on a shared 2-core machine two threads make every eager forward stall on the other's core),
+#: report seconds, the root's cache word, the seconds in ``torch.jit.load`` and those of one
+#: eager forward after it (what a verified hit cannot avoid)
 CHILD = r"""
 import json, sys, time, warnings
 sys.path.insert(0, {tests!r})
 warnings.simplefilter("ignore")
 import torch
+torch.set_num_threads(1)
 import torchstitch as ts
 from reference_models import GatePoints, atoms
 spec = json.loads({spec!r})
 torch.manual_seed(spec["seed"])
 model = GatePoints(**spec["model"]).eval()
 inputs = atoms(spec["atoms"], density=spec["density"], seed=0)
+loads = []
+jit_load = torch.jit.load
+def timed_load(*args, **kwargs):
+    start = time.perf_counter()
+    try:
+        return jit_load(*args, **kwargs)
+    finally:
+        loads.append(time.perf_counter() - start)
+torch.jit.load = timed_load
 start = time.perf_counter()
 result = ts.Engine(cache_dir=spec["cache_dir"]).compile(model, example_inputs=inputs)
 seconds = time.perf_counter() - start
-torch.testing.assert_close(result.module(*inputs), model(*inputs))
-print(json.dumps({{"seconds": seconds, "cache": result.plan.root.outcome.cache}}))
+with torch.no_grad():
+    start = time.perf_counter()
+    expected = model(*inputs)
+    eager = time.perf_counter() - start
+torch.testing.assert_close(result.module(*inputs), expected)
+print(json.dumps({{"seconds": seconds, "cache": result.plan.root.outcome.cache, "load": sum(loads), "eager": eager}}))
 """
 
 
@@ -65,7 +75,7 @@ def run_child(spec: dict) -> dict:
 
 
 def bench(name: str, network: dict, repeats: int) -> dict:
-    times: dict[str, list[float]] = {"uncached": [], "cold": [], "warm": []}
+    times: dict[str, list[float]] = {"uncached": [], "cold": [], "warm": [], "load": [], "eager": []}
     seed = 0
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as folder:
@@ -77,6 +87,9 @@ def bench(name: str, network: dict, repeats: int) -> dict:
                 word = got["cache"]
                 assert (word is None) if expected is None else word.startswith(expected), (variant, word)
                 times[variant].append(got["seconds"])
+                if variant == "warm":
+                    times["load"].append(got["load"])
+                    times["eager"].append(got["eager"])
     return {variant: statistics.median(values) for variant, values in times.items()}
 
 
@@ -93,7 +106,8 @@ def main() -> None:
         rows.append(
             f"| {name} | {result['uncached']:.3f} | {result['cold']:.3f} | {result['warm']:.3f} "
             f"| {result['warm'] / result['cold']:.2f}x "
-            f"| {100 * (result['cold'] / result['uncached'] - 1):+.1f}% |"
+            f"| {100 * (result['cold'] / result['uncached'] - 1):+.1f}% "
+            f"| {result['load']:.3f} | {result['eager']:.3f} |"
         )
         print(rows[-1], flush=True)
     import torch
@@ -107,10 +121,11 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"torch {torch.__version__}.  Shared machine: absolute times drift; compare within a row.",
             f"Mode: {mode}, {repeats} rounds, median; TorchScript (`ts.compile`, root `script`, traced "
-            "children) with `example_inputs`; each run a fresh process with new weights.",
+            "children) with `example_inputs`; each run a fresh process with new weights, one thread.",
             "",
-            "| network | uncached s | cold (miss) s | warm (hit) s | warm / cold | miss vs uncached |",
-            "|---|---|---|---|---|---|",
+            "| network | uncached s | cold (miss) s | warm (hit) s | warm / cold | miss vs uncached "
+            "| hit's torch.jit.load s | eager forward s |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Targets (issue 15): warm <= 0.1x cold; a miss < 3% over uncached.",
