@@ -347,4 +347,3 @@ def test_a_hit_that_differs_from_eager_is_caught_removed_and_rebuilt(tmp_path):
     second = ts.Engine(cache_dir=tmp_path).compile(again, example_inputs=(x,))
     assert second.plan.root.outcome.cache == f"hit {key[:8]}"
     torch.testing.assert_close(second.module(x), again(x))
-
