@@ -24,7 +24,13 @@ import torch
 from ._warn import warn
 from .cache import CacheCodec, CompileCache
 from .cache_key import KeyWriter, node_key, plugin_version
-from .errors import TorchstitchWarning, TracingInputsError, display_path, exception_summary
+from .errors import (
+    TorchstitchWarning,
+    TracingInputsError,
+    VerificationError,
+    display_path,
+    exception_summary,
+)
 from .ir import Node, Plan
 from .options import CompileOptions
 from .plugin_manager import PluginSet
@@ -217,19 +223,23 @@ class NodeCache:
             self.hits[node.path] = key
         return loaded
 
-    def reject_hits(self, failure: Exception) -> bool:
-        """After a failed verification: remove the entries this call loaded (a warning), so
-        that compiling again rebuilds them; whether there were any."""
-        if self.cache is None or not self.hits:
+    def reject_hits(self, failure: VerificationError) -> bool:
+        """After a failed verification: remove the entries this call loaded at or below the
+        failing path (a warning), so that compiling again rebuilds them; whether there were any."""
+        at = failure.path
+        suspects = {
+            path: key for path, key in self.hits.items() if at is None or path == at or _below(path, at)
+        }
+        if self.cache is None or not suspects:
             return False
-        where = ", ".join(f"{key[:8]} of {display_path(path)}" for path, key in sorted(self.hits.items()))
+        where = ", ".join(f"{key[:8]} of {display_path(path)}" for path, key in sorted(suspects.items()))
         warn(
             TorchstitchWarning(
                 f"compile cache entries {where} were loaded but the model differs from eager "
                 f"({exception_summary(failure)}): removed, compiling anew"
             )
         )
-        for key in self.hits.values():
+        for key in suspects.values():
             self.cache.discard(key)
         return True
 
