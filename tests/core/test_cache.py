@@ -347,3 +347,42 @@ def test_a_hit_that_differs_from_eager_is_caught_removed_and_rebuilt(tmp_path):
     second = ts.Engine(cache_dir=tmp_path).compile(again, example_inputs=(x,))
     assert second.plan.root.outcome.cache == f"hit {key[:8]}"
     torch.testing.assert_close(second.module(x), again(x))
+
+
+@ts.compile_mode("trace")
+class Branchy(nn.Module):
+    """Traced; with ``branchy`` its branch depends on the data: inputs of both signs fail it."""
+
+    def __init__(self, branchy: bool):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.branchy = branchy
+
+    def forward(self, x):
+        if self.branchy and x.sum() < 0:
+            return -self.lin(x)
+        return self.lin(x)
+
+
+class Pair(nn.Module):
+    def __init__(self, branchy: bool):
+        super().__init__()
+        self.s = Net()
+        self.t = Branchy(branchy)
+
+    def forward(self, x):
+        return self.s(x) + self.t(x)
+
+
+def test_a_failure_elsewhere_than_a_hit_raises_and_keeps_its_entry(tmp_path):
+    sets = [(torch.ones(2, 3),), (-torch.ones(2, 3),)]
+    ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=False), example_inputs=sets)
+    before = _entries(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ts.VerificationError, match="'t'"):
+            ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=True), example_inputs=sets)
+    assert [str(w.message) for w in caught if "were loaded" in str(w.message)] == []
+    assert _entries(tmp_path) == before  # the hit of `s` is not blamed
+    result = ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=False), example_inputs=sets)
+    assert all(word.startswith("hit ") for word in _cache_words(result.plan).values() if word)
