@@ -10,7 +10,8 @@ each measurement runs in a fresh subprocess that builds the model with new rando
 
 Each run uses one thread (as benchmarks/run.py) and reports the compile's CPU and wall
 seconds: on this shared machine the CPU seconds are the stable measure.  Runs of the
-variants are interleaved, ``--repeats`` rounds, median reported.  The table
+variants are interleaved, ``--repeats`` rounds, median reported (of the seconds, and of the
+two ratios within each round).  The table
 goes to benchmarks/CACHE_RESULTS.md (full mode).  Targets (issue 15): warm <= 0.1x cold;
 a miss < 3% over uncached.
 """
@@ -80,8 +81,9 @@ def run_child(spec: dict) -> dict:
 
 
 def bench(network: dict, repeats: int) -> dict[str, float]:
-    """Medians: ``{variant} cpu`` and ``{variant} wall`` of each variant; ``load`` and
-    ``eager``, the warm runs' CPU seconds in ``torch.jit.load`` and of one eager forward."""
+    """Medians: ``{variant} cpu`` and ``{variant} wall`` of each variant, the ratios
+    ``warm/cold`` and ``cold/uncached`` of each round; ``load`` and ``eager``, the warm
+    runs' CPU seconds in ``torch.jit.load`` and of one eager forward."""
     samples: dict[str, list[float]] = {}
     seed = 0
     for _ in range(repeats):
@@ -98,14 +100,18 @@ def bench(network: dict, repeats: int) -> dict[str, float]:
                 if variant == "warm":
                     samples.setdefault("load", []).append(got["load"])
                     samples.setdefault("eager", []).append(got["eager"])
+            for clock in ("cpu", "wall"):  # ratios within a round: the rounds drift apart
+                uncached, cold, warm = (samples[f"{variant} {clock}"][-1] for variant in VARIANTS)
+                samples.setdefault(f"warm/cold {clock}", []).append(warm / cold)
+                samples.setdefault(f"cold/uncached {clock}", []).append(cold / uncached)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _row(name: str, result: dict[str, float], clock: str) -> str:
     uncached, cold, warm = (result[f"{variant} {clock}"] for variant in VARIANTS)
     row = (
-        f"| {name} | {uncached:.3f} | {cold:.3f} | {warm:.3f} | {warm / cold:.2f}x "
-        f"| {100 * (cold / uncached - 1):+.1f}% |"
+        f"| {name} | {uncached:.3f} | {cold:.3f} | {warm:.3f} | {result[f'warm/cold {clock}']:.2f}x "
+        f"| {100 * (result[f'cold/uncached {clock}'] - 1):+.1f}% |"
     )
     return row + (f" {result['load']:.3f} | {result['eager']:.3f} |" if clock == "cpu" else "")
 
