@@ -11,9 +11,8 @@ each measurement runs in a fresh subprocess that builds the model with new rando
 Each run uses one thread (as benchmarks/run.py) and reports the compile's CPU and wall
 seconds: on this shared machine the CPU seconds are the stable measure.  Runs of the
 variants are interleaved, ``--repeats`` rounds, median reported (of the seconds, and of the
-two ratios within each round).  The table
-goes to benchmarks/CACHE_RESULTS.md (full mode).  Targets (issue 15): warm <= 0.1x cold;
-a miss < 3% over uncached.
+two ratios within each round).  The table goes to benchmarks/CACHE_RESULTS.md (full mode).
+Targets (issue 15): warm <= 0.1x cold; a miss < 3% over uncached.
 """
 
 from __future__ import annotations
