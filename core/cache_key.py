@@ -64,6 +64,9 @@ class KeyWriter:
         self._classes: dict[type, str] = {}
         self._functions: dict[types.CodeType, str] = {}
         self._checked_files: set[str] = set()
+        #: id of a caller's module -> its text: a miss keys each node twice (predicted, then
+        #: compiled), and the caller's modules do not change during the call
+        self._modules: dict[int, str] = {}
 
     # -- code ------------------------------------------------------------------
 
@@ -136,6 +139,12 @@ class KeyWriter:
 
     def module_text(self, module: torch.nn.Module) -> str:
         """What one module contributes to the key (its children are walked by the caller)."""
+        text = self._modules.get(id(module))
+        if text is None:
+            text = self._modules[id(module)] = self._module_text(module)
+        return text
+
+    def _module_text(self, module: torch.nn.Module) -> str:
         cls = type(module)
         parts = [f"type {_qualname(cls)} training={module.training}"]
         if isinstance(module, torch.fx.GraphModule) or hasattr(module, "_c"):

@@ -24,7 +24,13 @@ import torch
 from ._warn import warn
 from .cache import CacheCodec, CompileCache
 from .cache_key import KeyWriter, node_key, plugin_version
-from .errors import TorchstitchWarning, TracingInputsError, display_path, exception_summary
+from .errors import (
+    TorchstitchWarning,
+    TracingInputsError,
+    VerificationError,
+    display_path,
+    exception_summary,
+)
 from .ir import Node, Plan
 from .options import CompileOptions
 from .plugin_manager import PluginSet
@@ -75,6 +81,8 @@ class NodeCache:
         self.hit_below: dict[str, str] = {}
         #: keys looked up in vain during this call
         self.missing: set[str] = set()
+        #: path -> key of each node loaded from an entry
+        self.hits: dict[str, str] = {}
         #: (path, strategy, key, compiled module) of the misses, written by :meth:`flush`
         self.pending: list[tuple[str, Strategy, str, torch.nn.Module]] = []
         self._versions: dict[str, str] = {}
@@ -212,7 +220,28 @@ class NodeCache:
             loaded = self._load_entry(node, shell, strategy, key)
         if loaded is not None:
             self.keys[node.path] = f"{strategy.name} {key}"
+            self.hits[node.path] = key
         return loaded
+
+    def reject_hits(self, failure: VerificationError) -> bool:
+        """After a failed verification: remove the entries this call loaded at or below the
+        failing path (a warning), so that compiling again rebuilds them; whether there were any."""
+        at = failure.path
+        suspects = {
+            path: key for path, key in self.hits.items() if at is None or path == at or _below(path, at)
+        }
+        if self.cache is None or not suspects:
+            return False
+        where = ", ".join(f"{key[:8]} of {display_path(path)}" for path, key in sorted(suspects.items()))
+        warn(
+            TorchstitchWarning(
+                f"compile cache entries {where} were loaded but the model differs from eager "
+                f"({exception_summary(failure)}): removed, compiling anew"
+            )
+        )
+        for key in suspects.values():
+            self.cache.discard(key)
+        return True
 
     def _load_entry(
         self, node: Node, shell: torch.nn.Module, strategy: Strategy, key: str

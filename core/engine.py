@@ -171,9 +171,18 @@ class Engine:
         caller_inputs = tracing_inputs.caller_inputs(inputs, tree.plan)
         _check_plan(plugin_set, tree.plan, module, self.options)
         _check_initialized(tree, example_sets)
-        with preserved_state(module) as state:
-            run = _Run(self.options, plugin_set, tree, example_sets, caller_inputs, state)
-            compiled = plugin_set.call_around("torchstitch_compile_run", plan=tree.plan, execute=run.execute)
+        for retry in (False, True):
+            with preserved_state(module) as state:
+                run = _Run(self.options, plugin_set, tree, example_sets, caller_inputs, state)
+                try:
+                    compiled = plugin_set.call_around(
+                        "torchstitch_compile_run", plan=tree.plan, execute=run.execute
+                    )
+                    break
+                except VerificationError as exc:
+                    # an entry that no longer gives eager's outputs: never stuck on it
+                    if retry or not run.cache.reject_hits(exc):
+                        raise
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
             attach_plan(compiled, plan)
@@ -386,8 +395,8 @@ class _Run:
                         time.perf_counter() - start,
                     )
                 )
-                if self.options.on_error == "raise":
-                    raise
+                if self.options.on_error == "raise" or node.path in self.cache.hits:
+                    raise  # a loaded entry that fails: compile() rebuilds it, no fallback
                 errors.append(exc)
                 continue
             attempts.append(Attempt(name, seconds=outcome.seconds))

@@ -1,5 +1,6 @@
 """The compile cache: entries, keys, hits and misses in the plan, and bad cache folders."""
 
+import hashlib
 import importlib
 import json
 import multiprocessing
@@ -308,3 +309,80 @@ def test_a_failed_compile_leaves_the_model_and_the_cache_as_they_were(tmp_path):
     assert _entries(tmp_path) == []
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, before[name])
+
+
+class WrongNet(Net):
+    """Net's modules and parameters, other code: an entry holding it gives wrong outputs."""
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + 1.0
+
+
+def _replace_archive(folder, module):
+    """Put ``module``'s archive in the entry ``folder``, its manifest updated to match."""
+    [archive] = [p for p in folder.iterdir() if p.name != MANIFEST]
+    torch.jit.save(torch.jit.script(module), str(archive))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    data = archive.read_bytes()
+    manifest["files"][archive.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")  # the test's own calls
+def test_a_hit_that_differs_from_eager_is_caught_removed_and_rebuilt(tmp_path):
+    x = torch.randn(2, 3)
+    ts.Engine(cache_dir=tmp_path).compile(Net(), example_inputs=(x,))
+    [key] = _entries(tmp_path)
+    _replace_archive(tmp_path / key, WrongNet())
+    model = Net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    differs = f"entries {key[:8]} of <root> were loaded but the model differs from eager"
+    with pytest.warns(ts.TorchstitchWarning, match=differs):
+        result = ts.Engine(cache_dir=tmp_path).compile(model, example_inputs=(x,))
+    assert result.plan.root.outcome.cache == f"miss {key[:8]}"  # compiled anew, not the entry
+    torch.testing.assert_close(result.module(x), model(x))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name])
+    again = Net()  # the entry was rebuilt from the fresh compile
+    second = ts.Engine(cache_dir=tmp_path).compile(again, example_inputs=(x,))
+    assert second.plan.root.outcome.cache == f"hit {key[:8]}"
+    torch.testing.assert_close(second.module(x), again(x))
+
+
+@ts.compile_mode("trace")
+class Branchy(nn.Module):
+    """Traced; with ``branchy`` its branch depends on the data: inputs of both signs fail it."""
+
+    def __init__(self, branchy: bool):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.branchy = branchy
+
+    def forward(self, x):
+        if self.branchy and x.sum() < 0:
+            return -self.lin(x)
+        return self.lin(x)
+
+
+class Pair(nn.Module):
+    def __init__(self, branchy: bool):
+        super().__init__()
+        self.s = Net()
+        self.t = Branchy(branchy)
+
+    def forward(self, x):
+        return self.s(x) + self.t(x)
+
+
+def test_a_failure_elsewhere_than_a_hit_raises_and_keeps_its_entry(tmp_path):
+    sets = [(torch.ones(2, 3),), (-torch.ones(2, 3),)]
+    ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=False), example_inputs=sets)
+    before = _entries(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ts.VerificationError, match="'t'"):
+            ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=True), example_inputs=sets)
+    assert [str(w.message) for w in caught if "were loaded" in str(w.message)] == []
+    assert _entries(tmp_path) == before  # the hit of `s` is not blamed
+    result = ts.Engine(cache_dir=tmp_path).compile(Pair(branchy=False), example_inputs=sets)
+    assert all(word.startswith("hit ") for word in _cache_words(result.plan).values() if word)
