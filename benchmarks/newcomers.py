@@ -256,11 +256,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value).replace("|", "\\|")
 
 
-def report(rows: list[dict[str, Any]]) -> str:
+def versions() -> str:
+    """The versions the table was made with (transformers is only in its own environment)."""
     import transformers
 
     import torchstitch
 
+    return (
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"torchstitch {torchstitch.__version__}"
+    )
+
+
+def report(rows: list[dict[str, Any]], versions: str) -> str:
+    """The table of ``rows`` (one per model, as :func:`check` returns them)."""
     lines = [
         "# Models a newcomer starts with",
         "",
@@ -272,8 +281,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         "in one process, one thread.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"torchstitch {torchstitch.__version__}.",
+        f"{versions}.",
         f"Input sets (batch, length): {SETS[0]} and {SETS[1]}; checked on {UNSEEN}.",
         "",
         "| model | status | dynamic (the plan's note) | ts.compile s | ts.save aoti s "
@@ -318,7 +326,7 @@ def main() -> int:
     for name in MODELS:
         print(f"[newcomers] {name} ...", file=sys.stderr)
         rows.append(check(name))
-    Path(args.out).write_text(report(rows))
+    Path(args.out).write_text(report(rows, versions()))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(row["status"] == "ok" for row in rows) else 1
 
