@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .guards import InputSpec
+from .guards import InputSpec, spec_children
 
 __all__ = ["ExportedModule", "AOTIModule"]
 
@@ -118,7 +118,7 @@ def _output_builder(spec: pytree.TreeSpec) -> Any:
     tensors (what atomistic models return) built directly, anything else by pytree, whose
     unflatten walks the structure in Python on every call (a third of the per-call time
     of a small NequIP model's package)."""
-    if spec.num_children and all(child.is_leaf() for child in spec.children_specs):
+    if spec.num_children and all(child.is_leaf() for child in spec_children(spec)):
         if spec.type is dict:
             keys = list(spec.context)
             return lambda flat: dict(zip(keys, flat))
