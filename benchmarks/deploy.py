@@ -68,7 +68,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,7 +82,8 @@ for _folder in (TESTS, HERE):
         sys.path.insert(0, _folder)
 
 import torch  # noqa: E402
-from run import NETWORKS, machine, median  # noqa: E402
+from _child import ask_child  # noqa: E402
+from run import NETWORKS, machine, median, time_batch  # noqa: E402
 
 import torchstitch as ts  # noqa: E402
 
@@ -351,23 +351,12 @@ def run_child(kind: str, mode: str, warmup: bool, workdir: str, size: str = "med
     if kind in COMPILE_KINDS:
         env["TORCH_LOGS"] = "recompiles"
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(request)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    wall = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"build {kind} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1])
-    result["process_wall_s"] = wall
+    result, stderr = ask_child(__file__, request, env, f"build {kind}")
+    result["process_wall_s"] = time.perf_counter() - start
     result["cache_dir"] = cache
     if kind in COMPILE_KINDS:
         # the warm-up MLP compiles once, before the timed build and a dynamo reset: no recompile
-        result["dynamo"].update(_recompiles(proc.stderr))
+        result["dynamo"].update(_recompiles(stderr))
     print(f"  build {size} {kind}: {result['build_s']:.1f} s", file=sys.stderr, flush=True)
     return result
 
@@ -416,13 +405,6 @@ def gemm_floor(model: torch.nn.Module, n_edges: int):
 # latency
 
 
-def _time_batch(fn, args, n):
-    start = time.perf_counter()
-    for _ in range(n):
-        fn(*args)
-    return (time.perf_counter() - start) / n
-
-
 def _first(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
@@ -464,14 +446,14 @@ def bench_latency(mode: str, settings: dict, builds: dict, size: str = "medium")
                 out = fn(*x)
             if name != "gemm_floor":
                 torch.testing.assert_close(_first(out), reference, atol=1e-4, rtol=1e-4)
-            per_call[name] = _time_batch(fn, x, 3)
+            per_call[name] = time_batch(fn, x, 3)
         batch = {n: max(1, int(settings["latency_batch_s"] / max(t, 1e-7))) for n, t in per_call.items()}
         round_s = sum(batch[n] * per_call[n] for n in variants)
         rounds = max(3, min(settings["latency_rounds"], int(settings["latency_budget_s"] / round_s)))
         runs = {name: [] for name in variants}
         for _ in range(rounds):
             for name, fn in variants.items():
-                runs[name].append(_time_batch(fn, x, batch[name]))
+                runs[name].append(time_batch(fn, x, batch[name]))
     eager_s = median(runs["eager"])
     rows = {
         name: {"ms": median(r) * 1e3, "vs_eager": median(r) / eager_s, "runs_ms": [v * 1e3 for v in r]}
@@ -682,17 +664,7 @@ def bench_size(mode: str, size: str, kinds: tuple, settings: dict, workdir: str)
 def run_latency_child(mode: str, settings: dict, builds: dict, size: str) -> tuple[dict, dict]:
     request = {"latency": True, "mode": mode, "size": size, "settings": settings, "builds": builds}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(request)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"latency {size} failed:\n{proc.stderr[-4000:]}")
-    out = json.loads(lines[-1])
+    out, _ = ask_child(__file__, request, env, f"latency {size}")
     return out["rows"], out["extra"]
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ for _folder in (TESTS, HERE):
         sys.path.insert(0, _folder)
 
 import torch  # noqa: E402
+from _child import ask_child  # noqa: E402
 from deploy import DIMS, build_model, inputs  # noqa: E402
 from run import machine, median  # noqa: E402
 
@@ -119,17 +119,7 @@ def run_child(kind: str, workdir: str, cache_dir: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": inductor_cache}
     env.pop("TORCHSTITCH_CACHE_DIR", None)
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(request)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"build {kind} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(lines[-1])
+    result, _ = ask_child(__file__, request, env, f"build {kind}")
     result["process_wall_s"] = time.perf_counter() - start
     print(f"  {kind}: compile {result['compile_s']:.2f} s, save {result['save_s']:.2f} s", file=sys.stderr)
     return result

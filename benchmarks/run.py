@@ -379,7 +379,8 @@ def bench_plan(settings: dict) -> dict:
     return {"modules": count, "named_modules_s": walk, "ts_plan_s": plan_s, "ratio": plan_s / walk}
 
 
-def _time_batch(fn, args, n):
+def time_batch(fn, args, n):
+    """Seconds per call of ``fn(*args)``, over ``n`` calls in a row."""
     start = time.perf_counter()
     for _ in range(n):
         fn(*args)
@@ -400,7 +401,7 @@ def interleaved_latency(variants: dict, x: tuple, settings: dict) -> dict:
             for _ in range(5):  # profiling executor: optimizes after 2-3 calls
                 out = fn(*x)
             torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
-            per_call[name] = _time_batch(fn, x, 3)
+            per_call[name] = time_batch(fn, x, 3)
         batch = {
             name: max(1, int(settings["latency_batch_s"] / max(t, 1e-7))) for name, t in per_call.items()
         }
@@ -411,7 +412,7 @@ def interleaved_latency(variants: dict, x: tuple, settings: dict) -> dict:
         rounds = min(rounds, settings["latency_rounds"])
         for _ in range(rounds):
             for name, fn in variants.items():
-                runs[name].append(_time_batch(fn, x, batch[name]))
+                runs[name].append(time_batch(fn, x, batch[name]))
     eager_s = median(runs["eager"])
     return {name: {"ms": median(r) * 1e3, "vs_eager": median(r) / eager_s} for name, r in runs.items()}
 

@@ -11,6 +11,7 @@ import torch
 from .claims import Claim, Rule
 from .engine import Engine
 from .ir import Plan
+from .options import option_arguments
 
 __all__ = ["compile", "plan"]
 
@@ -34,7 +35,7 @@ def plan(
     checked (arity is not: that needs a run) so a later :func:`compile` with the same
     arguments fails no earlier than here.
     """
-    engine = Engine(rules=rules, recurse=recurse, plugins=plugins, target=target, freeze=freeze)
+    engine = Engine(**option_arguments(locals()))
     return engine.plan(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
 
 
@@ -102,23 +103,6 @@ def compile(
         ``$TORCHSTITCH_CACHE_DIR``, else no cache.  See docs/cache.md.
     :param root_strategy: force the root's strategy (a name such as ``"script"``).
     """
-    engine = Engine(
-        rules=rules,
-        plugins=plugins,
-        in_place=in_place,
-        recurse=recurse,
-        n_trace_checks=n_trace_checks,
-        script_options=script_options,
-        trace_options=trace_options,
-        strategy_options=strategy_options,
-        verify=verify,
-        on_error=on_error,
-        atol=atol,
-        rtol=rtol,
-        freeze=freeze,
-        target=target,
-        progress=progress,
-        cache_dir=cache_dir,
-    )
+    engine = Engine(**option_arguments(locals()))
     result = engine.compile(module, example_inputs=example_inputs, inputs=inputs, root_strategy=root_strategy)
     return result.module

@@ -40,7 +40,7 @@ from .errors import (
 from .guard import TensorGuard
 from .inputs import Recording, as_example_sets, check_example_sets, record, snapshot
 from .ir import Attempt, Node, Outcome, Plan
-from .options import CompileOptions
+from .options import CompileOptions, option_arguments
 from .planner import ROOT_TO_TARGET_REASON, PlannedTree, Planner
 from .plugin_manager import PluginSet
 from .progress import Progress
@@ -85,24 +85,7 @@ class Engine:
         progress: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.options = CompileOptions.from_arguments(
-            rules=rules,
-            plugins=plugins,
-            in_place=in_place,
-            recurse=recurse,
-            n_trace_checks=n_trace_checks,
-            script_options=script_options,
-            trace_options=trace_options,
-            strategy_options=strategy_options,
-            verify=verify,
-            on_error=on_error,
-            atol=atol,
-            rtol=rtol,
-            freeze=freeze,
-            target=target,
-            progress=progress,
-            cache_dir=cache_dir,
-        )
+        self.options = CompileOptions.from_arguments(**option_arguments(locals()))
 
     def plan(
         self,

@@ -19,7 +19,7 @@ import attrs
 from .claims import Rule
 from .verify import Tolerance
 
-__all__ = ["CompileOptions", "ON_ERROR", "SUGAR"]
+__all__ = ["CALL_ARGUMENTS", "CompileOptions", "ON_ERROR", "SUGAR", "option_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +133,20 @@ SUGAR: dict[str, str] = {
     "atol": "tolerance",
     "rtol": "tolerance",
 }
+
+#: arguments of ``ts.compile``/``ts.plan`` and ``Engine.compile``/``plan`` that belong to the
+#: call (the model and its inputs), not to the options
+CALL_ARGUMENTS = frozenset({"module", "example_inputs", "inputs", "root_strategy"})
+
+
+def option_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The options among the arguments of ``ts.compile``, ``ts.plan`` or ``Engine.__init__``.
+
+    Each of them spells the options out in its signature and passes them on with
+    ``option_arguments(locals())`` as its first statement, so that an option is
+    forwarded by its name alone (tests/core/test_options.py checks the signatures).
+
+    :param arguments: the caller's ``locals()`` before it binds anything else.
+    :returns: every argument but the call's own (:data:`CALL_ARGUMENTS`) and ``self``.
+    """
+    return {name: value for name, value in arguments.items() if name not in CALL_ARGUMENTS and name != "self"}

@@ -28,10 +28,17 @@ def warn_if_nothing_compiles(plan: Plan, plugin_set: PluginSet) -> None:
     # in registration order: the built-ins first
     compiling = [name for name, s in plugin_set.strategies.items() if s.compiles]
     example = next((n for n in compiling if not plugin_set.strategies[n].needs_inputs), "NAME")
+    # TorchScript is deprecated: where torch.export is registered, it is the road to name first
+    export_road = (
+        "ts.compile(model, target='export', example_inputs=...) exports the whole model; or "
+        if any(plugin_set.strategies[n].family == "export" for n in compiling)
+        else ""
+    )
     warn(
         f"no module of {root} is claimed by a compiling strategy, so nothing was compiled and "
         "the model runs in Python (torchstitch compiles what @ts.compile_mode, rules= or a "
-        "plugin claims). Claim the root: ts.script(model, ...), ts.trace(model, example_inputs), "
+        f"plugin claims). {export_road}claim the root: ts.script(model, ...), "
+        "ts.trace(model, example_inputs), "
         f"or ts.compile(model, root_strategy={example!r}) (or rules=[ts.Rule({example!r}, path='')]); "
         f"compiling strategies: {', '.join(map(repr, compiling)) or '(none)'}",
         TorchstitchWarning,

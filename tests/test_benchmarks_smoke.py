@@ -1,15 +1,9 @@
 """The benchmark harness runs end to end in smoke mode and writes every section."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from benchmark_smoke import run_smoke
 
 pytest.importorskip("e3nn")
-
-RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "run.py")
 
 pytestmark = [pytest.mark.slow, pytest.mark.e3nn]
 
@@ -30,18 +24,7 @@ def _positive_numbers(value, where=""):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run(
-        [sys.executable, RUN, "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(out / "latest.json") as f:
-        results = json.load(f)
-    return results, (out / "latest.md").read_text(), proc.stdout
+    return run_smoke("run.py", tmp_path_factory.mktemp("bench"), "latest.json", "latest.md")
 
 
 def test_every_section_has_positive_timings(smoke):

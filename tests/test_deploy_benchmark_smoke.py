@@ -1,15 +1,10 @@
 """The deployment benchmark (benchmarks/deploy.py) runs end to end in smoke mode."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from benchmark_smoke import run_smoke
 
 pytest.importorskip("e3nn")
 
-DEPLOY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "deploy.py")
 COMPILER_BUILDS = {
     "ts_aoti",
     "direct_aoti",
@@ -23,18 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e3nn]
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("deploy")
-    proc = subprocess.run(
-        [sys.executable, DEPLOY, "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(out / "deploy.json") as f:
-        results = json.load(f)
-    return results, (out / "deploy.md").read_text(), proc.stdout
+    return run_smoke("deploy.py", tmp_path_factory.mktemp("deploy"), "deploy.json", "deploy.md")
 
 
 def test_every_section_has_positive_numbers(smoke):

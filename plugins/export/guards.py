@@ -377,7 +377,7 @@ def _taker(spec: pytree.TreeSpec) -> _Taker | None:
     order of pytree's flatten), checking the structure on the way; ``None`` for other nodes."""
     if spec.is_leaf():
         return _take_leaf
-    children = [_taker(child) for child in spec_children(spec)]
+    children = [_taker(child) for child in _children_of(spec)]
     if any(child is None for child in children):
         return None
     kind, count = spec.type, spec.num_children
@@ -433,7 +433,7 @@ def _child(spec: pytree.TreeSpec, index: int) -> pytree.TreeSpec:
     return spec.child(index) if hasattr(spec, "child") else spec.children_specs[index]
 
 
-def spec_children(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
+def _children_of(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
     # ``children_specs`` is deprecated from torch 2.13 on, ``children()`` new in it
     return list(spec.children()) if hasattr(spec, "children") else spec.children_specs
 

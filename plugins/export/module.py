@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 
-from .guards import InputSpec, spec_children
+from .guards import InputSpec
 
 __all__ = ["ExportedModule", "AOTIModule"]
 
@@ -92,17 +93,26 @@ class AOTIModule(torch.nn.Module):
         make) only makes the inputs contiguous.
     """
 
-    runner: Any  # set through ``__dict__``: not a submodule
-
     def __init__(self, runner: Any, metadata: dict[str, str], input_spec: InputSpec | None = None) -> None:
         super().__init__()
-        self.__dict__["runner"] = runner
+        # torch's loader unpacks the package into a temporary folder that only its destructor
+        # removes, and at interpreter exit it is not always destroyed (not while a TorchScript
+        # module is alive too: the folder is then left behind, a package's size per process).
+        # Dropping the one reference at exit, before the interpreter tears down, destroys it.
+        holder = [runner]
+        self.__dict__["_runner_holder"] = holder
+        weakref.finalize(self, holder.clear)
         self.metadata = dict(metadata)
         self.input_spec = input_spec
         loader = getattr(runner, "loader", None)
         # the package's output structure, read once (the runner reads it on every call)
         self._out_spec = None if loader is None else pytree.treespec_loads(loader.get_call_spec()[1])
         self._outputs = None if self._out_spec is None else _output_builder(self._out_spec)
+
+    @property
+    def runner(self) -> Any:
+        """What ``torch._inductor.aoti_load_package`` returned (``runner.loader``: the C++ loader)."""
+        return self.__dict__["_runner_holder"][0]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.input_spec is None or self._outputs is None:
@@ -118,7 +128,7 @@ def _output_builder(spec: pytree.TreeSpec) -> Any:
     tensors (what atomistic models return) built directly, anything else by pytree, whose
     unflatten walks the structure in Python on every call (a third of the per-call time
     of a small NequIP model's package)."""
-    if spec.num_children and all(child.is_leaf() for child in spec_children(spec)):
+    if spec.num_children and all(child.is_leaf() for child in spec.children()):
         if spec.type is dict:
             keys = list(spec.context)
             return lambda flat: dict(zip(keys, flat))

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import attrs
 import pytest
 import torch
+from modules import Branch, Leaf, ScriptedLeaf, Stack, TracedLeaf, Unscriptable, UnsupportedLeaf
 from torch import nn
 
 import torchstitch as ts
@@ -28,43 +29,6 @@ pytestmark = [
 # --------------------------------------------------------------------------
 # tiny modules (no `from __future__ import annotations`: TorchScript reads these)
 # --------------------------------------------------------------------------
-
-
-class Leaf(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
-@ts.compile_mode("trace")
-class TracedLeaf(Leaf):
-    pass
-
-
-@ts.compile_mode("script")
-class ScriptedLeaf(Leaf):
-    pass
-
-
-@ts.compile_mode("unsupported")
-class UnsupportedLeaf(Leaf):
-    pass
-
-
-class Stack(nn.Module):
-    """``layers.0``, ``layers.1``, ...: called in order."""
-
-    def __init__(self, *children):
-        super().__init__()
-        self.layers = nn.ModuleList(children)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class Wrap(nn.Module):
@@ -121,13 +85,6 @@ class NaNTail(nn.Module):
         return x * float("nan")
 
 
-class Branch(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
-
-
 class BothSigns(nn.Module):
     def __init__(self):
         super().__init__()
@@ -135,17 +92,6 @@ class BothSigns(nn.Module):
 
     def forward(self, x):
         return self.branch(x) + self.branch(-x)
-
-
-@ts.compile_mode("script")
-class Unscriptable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        f = lambda t: t * 2.0  # noqa: E731
-        return f(self.lin(x))
 
 
 class UsesUnused(Leaf):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
+from modules import Leaf
 
 import torchstitch as ts
 
@@ -14,15 +15,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecat
 # --------------------------------------------------------------------------
 # tiny modules
 # --------------------------------------------------------------------------
-
-
-class Leaf(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.lin(x))
 
 
 class Pair(torch.nn.Module):

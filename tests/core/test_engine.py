@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from modules import AddOne, Branch, TracedBranch
 from torch import nn
 
 import torchstitch as ts
@@ -136,13 +137,6 @@ class TwoMethods(nn.Module):
 
     def twice(self, x):
         return self.lin(x) * 2.0
-
-
-class Branchy(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
 
 
 class FallbackParent(nn.Module):
@@ -282,15 +276,6 @@ def test_failure_deep_in_the_tree_leaves_model_unchanged(watch, in_place):
     check()
     _no_overloads(model)
     assert isinstance(model.first, TracedLinear)  # compiled before the failure, not committed
-
-
-class AddOne(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x) + 1.0
 
 
 class WrongRootPlugin:
@@ -543,7 +528,7 @@ def test_trace_without_the_scripted_child_would_freeze_the_branch():
 
 
 def test_trace_root_with_check_inputs_catches_frozen_branch(watch):
-    model = Branchy()
+    model = Branch()
     check = watch(model)
     with pytest.raises(ts.VerificationError) as info:
         ts.trace(model, (x_pos(),), check_inputs=[(x_neg(),)])
@@ -663,14 +648,6 @@ def test_fallback_trace_to_script_when_no_inputs():
     assert isinstance(result.module.first, torch.jit.ScriptModule)
     for x in (x_pos(), x_neg()):
         torch.testing.assert_close(result.module(x), model(x))
-
-
-@ts.compile_mode("trace")
-class TracedBranch(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
 
 
 class BothSigns(nn.Module):

@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from modules import Block, Leaf, Model, Unscriptable, plus_half, x4
 from torch import nn
 
 import torchstitch as ts
@@ -27,15 +28,6 @@ pytestmark = [
 # --------------------------------------------------------------------------
 
 
-class Leaf(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
 class ParamLeaf(nn.Module):
     """A leaf with its own parameters and no submodules."""
 
@@ -45,19 +37,6 @@ class ParamLeaf(nn.Module):
 
     def forward(self, x):
         return torch.tanh(x @ self.weight)
-
-
-@ts.compile_mode("script")
-class Unscriptable(nn.Module):
-    """A lambda in forward: scripting fails, tracing works."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        f = lambda t: t * 2.0  # noqa: E731
-        return f(self.lin(x))
 
 
 @ts.compile_mode("trace")
@@ -70,46 +49,9 @@ class Traced(nn.Module):
         return torch.relu(self.lin(x))
 
 
-class Block(nn.Module):
-    def __init__(self, a=None, b=None):
-        super().__init__()
-        self.a = a if a is not None else Leaf()
-        self.b = b if b is not None else Leaf()
-
-    def forward(self, x):
-        return self.b(self.a(x))
-
-
-class Model(nn.Module):
-    def __init__(self, left=None, right=None):
-        super().__init__()
-        self.left = left if left is not None else Block()
-        self.right = right if right is not None else Block()
-
-    def forward(self, x):
-        return self.left(x) + self.right(x)
-
-
-def x4():
-    return torch.randn(5, 4)
-
-
 # --------------------------------------------------------------------------
 # test plugins
 # --------------------------------------------------------------------------
-
-
-def _plus_half(module):
-    """The shell with a forward that adds 0.5: same children and tensors, so the traced
-    result keeps the module's structure (paths) and only its output is wrong."""
-    cls = type(module)
-
-    def forward(self, *args):
-        return cls.forward(self, *args) + 0.5
-
-    wrong = object.__new__(type(f"Wrong{cls.__name__}", (cls,), {"forward": forward}))
-    wrong.__dict__.update(module.__dict__)
-    return wrong
 
 
 class WrongPlugin:
@@ -125,7 +67,7 @@ class WrongPlugin:
     @ts.hookimpl
     def torchstitch_strategies(self):
         def compile_wrong(module, context):
-            return torch.jit.trace_module(_plus_half(module), context.inputs[0], check_trace=False)
+            return torch.jit.trace_module(plus_half(module), context.inputs[0], check_trace=False)
 
         return [
             ts.Strategy(

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from modules import Parent, Probe, TracedBranch, outcome
 from torch import nn
 
 import torchstitch as ts
@@ -19,26 +20,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning"),
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
-
-
-@ts.compile_mode("trace")
-class Probe(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
-class Parent(nn.Module):
-    def __init__(self, child):
-        super().__init__()
-        self.child = child
-        self.post = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.post(self.child(x))
 
 
 class CallsTwice(nn.Module):
@@ -55,18 +36,10 @@ class CallsTwice(nn.Module):
         return out
 
 
-@ts.compile_mode("trace")
-class BranchyProbe(nn.Module):
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
-
-
 class CallsBothSigns(nn.Module):
     def __init__(self):
         super().__init__()
-        self.child = BranchyProbe()
+        self.child = TracedBranch()
 
     def forward(self, x):
         return self.child(x) + self.child(-x)
@@ -75,7 +48,7 @@ class CallsBothSigns(nn.Module):
 class CallsOnce(nn.Module):
     def __init__(self):
         super().__init__()
-        self.child = BranchyProbe()
+        self.child = TracedBranch()
 
     def forward(self, x):
         return self.child(x)
@@ -135,12 +108,6 @@ class WithNorm(nn.Module):
 
     def forward(self, x):
         return self.bn(self.block(x))
-
-
-def outcome(result, path):
-    node = result.plan[path]
-    assert node.outcome is not None, f"{path} was not compiled"
-    return node.outcome
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from modules import Block, Leaf, Model, TracedLeaf, x4
 from torch import nn
 
 import torchstitch as ts
@@ -20,40 +21,6 @@ pytestmark = [
 
 
 # no `from __future__ import annotations`: TorchScript reads these classes
-
-
-class Leaf(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
-@ts.compile_mode("trace")
-class Traced(Leaf):
-    pass
-
-
-class Block(nn.Module):
-    def __init__(self, a=None, b=None):
-        super().__init__()
-        self.a = a if a is not None else Leaf()
-        self.b = b if b is not None else Leaf()
-
-    def forward(self, x):
-        return self.b(self.a(x))
-
-
-class Model(nn.Module):
-    def __init__(self, left=None, right=None):
-        super().__init__()
-        self.left = left if left is not None else Block()
-        self.right = right if right is not None else Block()
-
-    def forward(self, x):
-        return self.left(x) + self.right(x)
 
 
 class PlusHalf(nn.Module):
@@ -83,10 +50,6 @@ class Counts(nn.Module):
     def forward(self, x):
         self.calls += 1
         return self.lin(x) * self.calls
-
-
-def x4():
-    return torch.randn(5, 4)
 
 
 def with_wrong_left_b(model):
@@ -123,7 +86,7 @@ def test_the_root_reads_root_in_a_divergence():
 
 
 def test_locate_finds_nothing_when_compiled_equals_eager():
-    model = Model(left=Block(a=Traced()))
+    model = Model(left=Block(a=TracedLeaf()))
     x = x4()
     compiled = ts.compile(model, example_inputs=(x,), rules=[ts.Rule("script", path="right")])
     paths = ["left.a", "right"]

@@ -8,10 +8,8 @@ import attrs
 import pytest
 
 import torchstitch as ts
-from torchstitch.core.options import SUGAR, CompileOptions
-
-#: arguments of the call, not options of the engine
-CALL_ARGUMENTS = {"module", "example_inputs", "inputs", "root_strategy"}
+from torchstitch.core import api
+from torchstitch.core.options import CALL_ARGUMENTS, SUGAR, CompileOptions
 
 
 def _keywords(fn) -> dict[str, object]:
@@ -39,6 +37,23 @@ def test_plan_takes_the_options_that_shape_a_plan_with_the_same_defaults():
     plan = _keywords(ts.plan)
     assert set(plan) <= set(engine)
     assert {name: engine[name] for name in plan} == plan
+
+
+class _Handed(Exception):
+    """Raised by the stand-in Engine with the keywords it was given."""
+
+
+def _stand_in_engine(**keywords):
+    raise _Handed(keywords)
+
+
+@pytest.mark.parametrize("entry", [ts.compile, ts.plan], ids=["compile", "plan"])
+def test_every_option_is_handed_to_the_engine_as_given(monkeypatch, entry):
+    given = {name: object() for name in _keywords(entry)}
+    monkeypatch.setattr(api, "Engine", _stand_in_engine)
+    with pytest.raises(_Handed) as handed:
+        entry(None, example_inputs=object(), inputs=object(), root_strategy=object(), **given)
+    assert handed.value.args[0] == given
 
 
 def test_defaults_are_the_fields_defaults():

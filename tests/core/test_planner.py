@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from modules import Leaf, ScriptedLeaf, TracedLeaf
 
 import torchstitch as ts
 
@@ -15,25 +16,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecat
 # --------------------------------------------------------------------------
 # tiny modules
 # --------------------------------------------------------------------------
-
-
-class Leaf(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.lin(x))
-
-
-@ts.compile_mode("script")
-class ScriptedLeaf(Leaf):
-    pass
-
-
-@ts.compile_mode("trace")
-class TracedLeaf(Leaf):
-    pass
 
 
 @ts.compile_mode("unsupported")

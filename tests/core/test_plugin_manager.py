@@ -5,24 +5,11 @@ from __future__ import annotations
 import attrs
 import pytest
 import torch
+from modules import Leaf, ScriptedLeaf, TracedLeaf
 
 import torchstitch as ts
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchstitch.TorchScriptDeprecationWarning")
-
-
-class Leaf(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.lin(x))
-
-
-@ts.compile_mode("trace")
-class TracedLeaf(Leaf):
-    pass
 
 
 class Looping(torch.nn.Module):
@@ -534,11 +521,6 @@ class RaisingWrapper:
         if path == "layers.0":
             raise Boom("wrapper exploded")
         return answers
-
-
-@ts.compile_mode("script")
-class ScriptedLeaf(Leaf):
-    pass
 
 
 class TestWrappers:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from modules import AddOne, Branch, Stack, plus_half
 from torch import nn
 
 import torchstitch as ts
@@ -51,15 +52,6 @@ class Scale(nn.Module):
         return x * self.weight
 
 
-class Branch(nn.Module):
-    """Data-dependent control flow: must never be traced."""
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return x * 2.0
-        return x - 1.0
-
-
 @ts.compile_mode("script")
 class ScriptedBranch(Branch):
     pass
@@ -73,17 +65,6 @@ class TracedLin(nn.Module):
 
     def forward(self, x):
         return torch.tanh(self.lin(x)) + 0.5
-
-
-class Chain(nn.Module):
-    def __init__(self, children):
-        super().__init__()
-        self.layers = nn.ModuleList(children)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class Bag(nn.Module):
@@ -148,7 +129,7 @@ LEAVES = {
 }
 CONTAINERS = {
     "sequential": (lambda children: nn.Sequential(*children), 3),
-    "chain": (Chain, 3),
+    "chain": (lambda children: Stack(*children), 3),
     "bag": (Bag, 3),
     "residual": (Residual, 1),
     "twice": (Twice, 1),
@@ -414,24 +395,12 @@ class Failing:
             raise RuntimeError("injected failure")
 
         def wrong(module, context):
-            return torch.jit.trace_module(_plus_half(module), context.inputs[0], check_trace=False)
+            return torch.jit.trace_module(plus_half(module), context.inputs[0], check_trace=False)
 
         return [
             ts.Strategy(name="fail", family="torchscript", compile=fail),
             ts.Strategy(name="wrong", family="torchscript", compile=wrong, needs_inputs=True, verify=True),
         ]
-
-
-def _plus_half(module):
-    """A copy of the shell whose forward adds 0.5 (same children, same tensors)."""
-    cls = type(module)
-
-    def forward(self, *args):
-        return cls.forward(self, *args) + 0.5
-
-    wrong = object.__new__(type(f"Wrong{cls.__name__}", (cls,), {"forward": forward}))
-    wrong.__dict__.update(module.__dict__)
-    return wrong
 
 
 @settings(max_examples=200, **SETTINGS)
@@ -504,22 +473,13 @@ def test_unsupported_is_an_error_exactly_inside_a_region(model, data, watch):
             assert result.plan[path].region is None
 
 
-class _Wrap(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x) + 1.0
-
-
 @ts.compile_mode("unsupported")
 class _Unsupported(Act):
     pass
 
 
 @ts.compile_mode("script")
-class _ScriptedWrap(_Wrap):
+class _ScriptedWrap(AddOne):
     pass
 
 
@@ -528,7 +488,7 @@ class _SharedIntoRegion(nn.Module):
 
     def __init__(self):
         super().__init__()
-        shared = _Wrap(_Unsupported())
+        shared = AddOne(_Unsupported())
         self.a = shared
         self.b = _ScriptedWrap(shared)
 

@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 import torch
+from modules import HoldsIgnored, SignSwitch, TracedSigmoid, compile_scripted
 from torch import nn
 
 import torchstitch as ts
@@ -14,39 +15,13 @@ pytestmark = [
 ]
 
 
-@ts.compile_mode("trace")
-class Traced(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return torch.sigmoid(self.lin(x))
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.traced = Traced()
-        self.other = nn.Linear(3, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.traced(x) * 2.0
-        return self.other(x)
-
-
-def compile_scripted(model, x):
-    return ts.Engine(rules=[ts.Rule("script", path="")]).compile(model, example_inputs=(x,))
-
-
 def inputs():
     return [torch.rand(4, 3) + 0.1, -torch.rand(4, 3) - 0.1, torch.randn(2, 3)]
 
 
 @pytest.mark.parametrize("how", ["ts.save", "result.save", "module+plan"])
 def test_save_load_round_trip(tmp_path, how):
-    model = Model()
+    model = SignSwitch()
     result = compile_scripted(model, torch.rand(4, 3) + 0.1)
     assert isinstance(result.module, torch.jit.ScriptModule)
     path = tmp_path / "model.pt"
@@ -77,7 +52,7 @@ def test_save_load_round_trip(tmp_path, how):
 
 
 def test_save_accepts_str_path(tmp_path):
-    model = Model()
+    model = SignSwitch()
     result = compile_scripted(model, torch.rand(4, 3) + 0.1)
     path = str(tmp_path / "m.pt")
     ts.save(result, path)
@@ -117,7 +92,7 @@ def compile_functionally(how, model, x):
     [("script", "torchscript"), ("trace", "torchscript"), ("compile", "torchscript"), ("export", "export")],
 )
 def test_the_plan_travels_with_a_functionally_compiled_module(tmp_path, how, fmt):
-    model = Traced() if how in ("trace", "export") else Model()
+    model = TracedSigmoid() if how in ("trace", "export") else SignSwitch()
     x = torch.rand(4, 3) + 0.1
     compiled, preview = compile_functionally(how, model, x)
     plan = ts.plan_of(compiled)
@@ -142,7 +117,7 @@ def test_the_plan_travels_with_a_functionally_compiled_module(tmp_path, how, fmt
 
 
 def test_the_caller_model_carries_no_plan():
-    model = Model()
+    model = SignSwitch()
     before = dict(model.__dict__)
     compiled = ts.script(model, example_inputs=(torch.rand(4, 3) + 0.1,))
     assert ts.plan_of(compiled) is not None
@@ -153,7 +128,7 @@ def test_the_caller_model_carries_no_plan():
 def test_a_copy_or_a_rescripted_module_has_no_plan_and_saves_saying_so(tmp_path):
     import copy
 
-    model = Model()
+    model = SignSwitch()
     x = torch.rand(4, 3) + 0.1
     compiled = ts.script(model, example_inputs=(x,))
     python_root = ts.compile(model, example_inputs=(x,))  # the root stays in Python
@@ -181,13 +156,13 @@ class Held:
 
 def test_save_takes_anything_with_a_compiled_module_and_its_plan(tmp_path):
     x = torch.rand(4, 3) + 0.1
-    result = compile_scripted(Model(), x)
+    result = compile_scripted(SignSwitch(), x)
     ts.save(Held(result.module, result.plan), tmp_path / "held.pt")
     artifact = ts.load(tmp_path / "held.pt")
     assert artifact.plan == result.plan
     torch.testing.assert_close(artifact(x), result.module(x))
     # an explicit plan= still wins over the held one
-    other = ts.plan(Model(), rules=[ts.Rule("script", path="")])
+    other = ts.plan(SignSwitch(), rules=[ts.Rule("script", path="")])
     ts.save(Held(result.module, result.plan), tmp_path / "other.pt", plan=other)
     assert ts.load(tmp_path / "other.pt").plan == other
 
@@ -212,7 +187,7 @@ def test_saving_what_is_not_a_module_is_artifact_error_naming_the_type(tmp_path,
 
 
 def test_saving_python_root_is_artifact_error(tmp_path, watch):
-    model = Model()
+    model = SignSwitch()
     check = watch(model)
     result = ts.Engine().compile(model, example_inputs=(torch.rand(4, 3) + 0.1,))
     assert not isinstance(result.module, torch.jit.ScriptModule)  # root stayed in Python
@@ -231,12 +206,12 @@ def test_saving_python_root_is_artifact_error(tmp_path, watch):
 
 def test_saving_uncompiled_module_is_artifact_error(tmp_path):
     with pytest.raises(ts.ArtifactError) as info:
-        ts.save(Model(), tmp_path / "m.pt")
+        ts.save(SignSwitch(), tmp_path / "m.pt")
     assert "'<root>'" in str(info.value)
 
 
 def test_unknown_format_is_artifact_error(tmp_path):
-    compiled = ts.script(Model(), example_inputs=(torch.rand(4, 3) + 0.1,))
+    compiled = ts.script(SignSwitch(), example_inputs=(torch.rand(4, 3) + 0.1,))
     with pytest.raises(ts.ArtifactError, match="format"):
         ts.save(compiled, tmp_path / "m.pt", format="onnx")
 
@@ -265,28 +240,6 @@ def test_loading_a_missing_file_raises(tmp_path):
 # --------------------------------------------------------------------------
 # failures while writing: ArtifactError (an OSError) naming the path, nothing half-written
 # --------------------------------------------------------------------------
-
-
-class CallsIgnored(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    @torch.jit.ignore
-    def python_only(self, x):
-        return x * 2.0
-
-    def forward(self, x):
-        return self.python_only(self.lin(x))
-
-
-class HoldsIgnored(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = nn.Sequential(nn.Linear(3, 3), CallsIgnored())
-
-    def forward(self, x):
-        return self.block(x)
 
 
 def test_a_failed_save_leaves_an_existing_file_as_it_was(tmp_path):

@@ -7,6 +7,7 @@ tensors and flags after a successful compile and after a failed one.
 
 import pytest
 import torch
+from modules import ScriptedLeaf, Stack
 from torch import nn
 
 import torchstitch as ts
@@ -22,16 +23,6 @@ pytestmark = [
 # --------------------------------------------------------------------------
 # tiny modules (no `from __future__ import annotations`: TorchScript reads these)
 # --------------------------------------------------------------------------
-
-
-@ts.compile_mode("script")
-class ScriptedLeaf(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
 
 
 @ts.compile_mode("script")
@@ -73,17 +64,6 @@ class Doubler(nn.Module):
         return x + 1
 
 
-class Seq(nn.Module):
-    def __init__(self, *children):
-        super().__init__()
-        self.layers = nn.ModuleList(children)
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 def x4():
     return torch.randn(3, 4)
 
@@ -116,7 +96,7 @@ def assert_same_buffers(model, before):
 
 
 def test_eval_on_the_compiled_model_leaves_the_callers_modes(watch):
-    model = Seq(ScriptedLeaf(), nn.Dropout(0.0), nn.BatchNorm1d(4))
+    model = Stack(ScriptedLeaf(), nn.Dropout(0.0), nn.BatchNorm1d(4))
     check = watch(model)
     x = x4()
     compiled = ts.compile(model, example_inputs=(x,))
@@ -131,7 +111,7 @@ def test_eval_on_the_compiled_model_leaves_the_callers_modes(watch):
 
 
 def test_hooks_registered_on_the_compiled_model_stay_off_the_callers():
-    model = Seq(ScriptedLeaf(), nn.ReLU())
+    model = Stack(ScriptedLeaf(), nn.ReLU())
     seen = []
     model.layers[1].register_forward_hook(lambda m, i, o: seen.append("caller's"))
     compiled = ts.compile(model)
@@ -146,7 +126,7 @@ def test_hooks_registered_on_the_compiled_model_stay_off_the_callers():
 def test_a_callers_script_module_is_shared_as_is():
     """TorchScript modules cannot be shelled: the compiled model holds the caller's object."""
     inner = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))
-    model = Seq(ScriptedLeaf(), inner)
+    model = Stack(ScriptedLeaf(), inner)
     compiled = ts.compile(model)
     assert compiled.layers[1] is inner
     compiled.eval()
@@ -154,7 +134,7 @@ def test_a_callers_script_module_is_shared_as_is():
 
 
 def test_in_place_swaps_compiled_children_into_the_callers_modules():
-    model = Seq(ScriptedLeaf(), nn.ReLU())
+    model = Stack(ScriptedLeaf(), nn.ReLU())
     relu = model.layers[1]
     compiled = ts.compile(model, in_place=True)
     assert compiled is model
@@ -163,7 +143,7 @@ def test_in_place_swaps_compiled_children_into_the_callers_modules():
 
 
 def test_a_failed_compile_leaves_modes_and_modules(watch):
-    model = Seq(nn.Dropout(0.0), BrokenScript())
+    model = Stack(nn.Dropout(0.0), BrokenScript())
     check = watch(model)
     with pytest.raises(ts.NodeCompileError) as info:
         ts.compile(model, example_inputs=(x4(),))
@@ -178,7 +158,7 @@ def test_a_failed_compile_leaves_modes_and_modules(watch):
 
 
 def test_a_rebound_buffer_is_the_callers_tensor_after_compiling(watch):
-    model = Seq(Ema(), ScriptedLeaf())
+    model = Stack(Ema(), ScriptedLeaf())
     ema = model.layers[0].ema
     before = _buffers(model)
     check = watch(model)
@@ -192,7 +172,7 @@ def test_a_rebound_buffer_is_the_callers_tensor_after_compiling(watch):
 
 
 def test_a_rebound_buffer_is_restored_after_a_failed_compile(watch):
-    model = Seq(Ema(), BrokenScript())
+    model = Stack(Ema(), BrokenScript())
     before = _buffers(model)
     check = watch(model)
     with pytest.raises(ts.NodeCompileError):
@@ -204,7 +184,7 @@ def test_a_rebound_buffer_is_restored_after_a_failed_compile(watch):
 def test_a_scripted_rebinding_forward_keeps_sharing_the_callers_buffer():
     """A scripted forward rebinds the buffer in the compiled module: the root's verification
     run must not leave the compiled model on a tensor of its own."""
-    model = Seq(claimed(Ema(), "script"), nn.ReLU())
+    model = Stack(claimed(Ema(), "script"), nn.ReLU())
     ema = model.layers[0].ema
     x = x4()
     compiled = ts.compile(model, example_inputs=(x,))
@@ -218,13 +198,13 @@ def test_buffers_added_in_forward_are_dropped():
             self.register_buffer("last", x.detach().clone())
             return x
 
-    model = Seq(Registers(), ScriptedLeaf())
+    model = Stack(Registers(), ScriptedLeaf())
     ts.compile(model, example_inputs=(x4(),))
     assert "last" not in model.layers[0]._buffers
 
 
 def test_caller_state_restores_bindings_and_values_of_a_subtree():
-    model = Seq(Ema(), Counter())
+    model = Stack(Ema(), Counter())
     state = CallerState(model)
     before = _buffers(model)
     model(x4())
@@ -243,7 +223,7 @@ def test_caller_state_restores_bindings_and_values_of_a_subtree():
 
 
 def test_an_uninitialized_lazy_module_is_refused_and_stays_lazy():
-    model = Seq(nn.LazyLinear(4), ScriptedLeaf())
+    model = Stack(nn.LazyLinear(4), ScriptedLeaf())
     with pytest.raises(ts.PlanError) as info:
         ts.compile(model, example_inputs=(torch.randn(3, 5),))
     assert info.value.path == "layers.0"
@@ -253,7 +233,7 @@ def test_an_uninitialized_lazy_module_is_refused_and_stays_lazy():
 
 
 def test_a_lazy_module_inside_a_compiled_region_is_refused():
-    model = Seq(claimed(Seq(nn.LazyLinear(4)), "script"))
+    model = Stack(claimed(Stack(nn.LazyLinear(4)), "script"))
     with pytest.raises(ts.PlanError) as info:
         ts.compile(model)
     assert (info.value.path, info.value.strategy) == ("layers.0.layers.0", "script")
@@ -261,7 +241,7 @@ def test_a_lazy_module_inside_a_compiled_region_is_refused():
 
 
 def test_a_lazy_module_compiles_once_initialized():
-    model = Seq(nn.LazyLinear(4), ScriptedLeaf())
+    model = Stack(nn.LazyLinear(4), ScriptedLeaf())
     x = torch.randn(3, 5)
     model(x)
     compiled = ts.compile(model, example_inputs=(x,))
@@ -270,7 +250,7 @@ def test_a_lazy_module_compiles_once_initialized():
 
 
 def test_a_lazy_module_left_in_python_without_inputs_is_not_run():
-    model = Seq(nn.LazyLinear(4), ScriptedLeaf())
+    model = Stack(nn.LazyLinear(4), ScriptedLeaf())
     compiled = ts.compile(model)  # nothing runs it: nothing to refuse
     assert model.layers[0].has_uninitialized_params()
     x = torch.randn(3, 5)
@@ -285,7 +265,7 @@ def test_a_lazy_module_left_in_python_without_inputs_is_not_run():
 
 @pytest.mark.parametrize("strategy", ["trace", "script"])
 def test_an_in_place_step_counter_does_not_fail_verification(strategy, watch):
-    model = Seq(ScriptedLeaf(), Counter())
+    model = Stack(ScriptedLeaf(), Counter())
     check = watch(model)
     x = x4()
     compiled = ts.compile(model, example_inputs=(x,), rules=[ts.Rule(strategy, path="layers.1")])
@@ -317,7 +297,7 @@ def test_a_counter_called_twice_verifies_against_runs_from_the_callers_state():
 
 
 def test_locate_starts_each_run_from_the_callers_state():
-    model = Seq(Counter(), nn.ReLU())
+    model = Stack(Counter(), nn.ReLU())
     compiled = ts.compile(model, rules=[ts.Rule("trace", path="layers.0")], example_inputs=(x4(),))
     assert ts.locate(model, compiled, (x4(),), paths=["layers.0"]) == []
     assert model.layers[0].steps.item() == 0
@@ -329,7 +309,7 @@ def test_locate_starts_each_run_from_the_callers_state():
 
 
 def test_tracing_a_forward_that_changes_its_input(watch):
-    model = Seq(ScriptedLeaf(), claimed(Doubler(), "trace"))
+    model = Stack(ScriptedLeaf(), claimed(Doubler(), "trace"))
     check = watch(model)
     x = x4()
     compiled = ts.compile(model, example_inputs=(x,))
@@ -352,7 +332,7 @@ def test_trace_leaves_the_callers_example_inputs_alone():
 
 
 def test_verifying_a_meta_model_is_a_verification_error():
-    model = Seq(ScriptedLeaf(), nn.BatchNorm1d(4)).to("meta")
+    model = Stack(ScriptedLeaf(), nn.BatchNorm1d(4)).to("meta")
     before = [(p, id(m), sorted(m.__dict__)) for p, m in model.named_modules()]
     buffers = [(p, n, t) for p, n, t, _ in _buffers(model)]
     with pytest.raises(ts.VerificationError) as info:
@@ -365,7 +345,7 @@ def test_verifying_a_meta_model_is_a_verification_error():
 
 
 def test_a_meta_model_compiles_without_verification():
-    model = Seq(ScriptedLeaf(), claimed(Doubler(), "trace")).to("meta")
+    model = Stack(ScriptedLeaf(), claimed(Doubler(), "trace")).to("meta")
     x = torch.randn(3, 4, device="meta")
     compiled = ts.compile(model, example_inputs=(x,), verify=False)
     assert isinstance(compiled.layers[1], torch.jit.ScriptModule)

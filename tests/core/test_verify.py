@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from modules import AddOne
 from torch import nn
 
 import torchstitch as ts
@@ -275,15 +276,6 @@ def test_python_floats_with_tolerance():
 # --------------------------------------------------------------------------
 # end to end: a strategy that returns a wrong module
 # --------------------------------------------------------------------------
-
-
-class AddOne(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x) + 1.0
 
 
 class Child(nn.Module):

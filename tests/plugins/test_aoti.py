@@ -1,6 +1,10 @@
 """The ``aoti`` artifact format: an AOTInductor package of an ``export`` root (one compile: slow)."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -63,6 +67,42 @@ def test_aoti_package_metadata_names_inputs_and_custom_ops(package):
     assert json.loads(meta["torchstitch.custom_ops"]) == {}
     assert json.loads(meta["torchstitch.libraries"]) == []
     assert meta["torchstitch.torch_version"] == torch.__version__
+
+
+@pytest.mark.slow
+def test_a_loaded_package_leaves_no_temporary_folder_behind_at_exit(package, tmp_path):
+    # torch's loader unpacks the package into $TMPDIR and removes the folder in its destructor,
+    # which interpreter exit does not reach while a scripted module that calls autograd.grad
+    # is alive as well (a process holding both a TorchScript and an AOTI force field)
+    _, _, path = package
+    script = tmp_path / "both.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import warnings
+            warnings.simplefilter("ignore")
+            import torch, torchstitch as ts
+
+            class Forces(torch.nn.Module):
+                def forward(self, pos):
+                    pos = pos.detach().requires_grad_(True)
+                    (grad,) = torch.autograd.grad([(pos ** 2).sum()], [pos])
+                    assert grad is not None
+                    return -grad
+
+            scripted = torch.jit.script(Forces())
+            loaded = ts.load({str(path)!r})
+            energy, forces = loaded(torch.randn(4, 3))
+            assert forces.shape == (4, 3)
+            """
+        )
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert list(temp.iterdir()) == []
 
 
 def test_aoti_needs_a_pt2_name_and_an_export_root(tmp_path):

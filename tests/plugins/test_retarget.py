@@ -95,6 +95,9 @@ def test_a_model_nothing_claims_is_exported_at_the_root(watch):
 
 def test_without_a_target_a_model_nothing_claims_stays_in_python():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    with pytest.warns(ts.TorchstitchWarning, match="nothing was compiled"):
+    with pytest.warns(ts.TorchstitchWarning, match="nothing was compiled") as caught:
         result = ts.Engine().compile(model, example_inputs=(torch.randn(2, 3),))
     assert result.plan[""].strategy is None
+    # with the export plugin installed, the warning names the export road first
+    (message,) = [str(w.message) for w in caught if "nothing was compiled" in str(w.message)]
+    assert "ts.compile(model, target='export', example_inputs=...)" in message

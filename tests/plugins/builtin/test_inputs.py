@@ -8,6 +8,7 @@ itself: tests/core/test_inputs.py.
 
 import pytest
 import torch
+from modules import Parent, Probe, outcome
 from torch import nn
 
 import torchstitch as ts
@@ -24,31 +25,11 @@ PROVIDERS = ("inputs.caller", "inputs.method", "inputs.recorded")
 # no `from __future__ import annotations`: TorchScript reads these classes
 
 
-@ts.compile_mode("trace")
-class Probe(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return torch.tanh(self.lin(x))
-
-
 class ProbeWithMethod(Probe):
     """Gives two distinct tracing inputs of its own."""
 
     def _make_tracing_inputs(self, n):
         return [{"forward": (torch.randn(2, 3),)}, {"forward": (torch.randn(5, 3),)}]
-
-
-class Parent(nn.Module):
-    def __init__(self, child):
-        super().__init__()
-        self.child = child
-        self.post = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return self.post(self.child(x))
 
 
 class NeverCalls(nn.Module):
@@ -59,12 +40,6 @@ class NeverCalls(nn.Module):
 
     def forward(self, x):
         return self.used(x)
-
-
-def outcome(result, path):
-    node = result.plan[path]
-    assert node.outcome is not None, f"{path} was not compiled"
-    return node.outcome
 
 
 # --------------------------------------------------------------------------

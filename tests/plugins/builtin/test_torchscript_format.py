@@ -7,6 +7,7 @@ and writes.
 
 import pytest
 import torch
+from modules import HoldsIgnored, SignSwitch, TracedSigmoid, compile_scripted
 from torch import nn
 
 import torchstitch as ts
@@ -20,56 +21,8 @@ pytestmark = [
 # no `from __future__ import annotations`: TorchScript reads these classes
 
 
-@ts.compile_mode("trace")
-class Traced(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    def forward(self, x):
-        return torch.sigmoid(self.lin(x))
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.traced = Traced()
-        self.other = nn.Linear(3, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.traced(x) * 2.0
-        return self.other(x)
-
-
-class CallsIgnored(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(3, 3)
-
-    @torch.jit.ignore
-    def python_only(self, x):
-        return x * 2.0
-
-    def forward(self, x):
-        return self.python_only(self.lin(x))
-
-
-class HoldsIgnored(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = nn.Sequential(nn.Linear(3, 3), CallsIgnored())
-
-    def forward(self, x):
-        return self.block(x)
-
-
-def compile_scripted(model, x):
-    return ts.Engine(rules=[ts.Rule("script", path="")]).compile(model, example_inputs=(x,))
-
-
 def test_torch_jit_save_still_works_on_a_module_carrying_a_plan(tmp_path):
-    model = Model()
+    model = SignSwitch()
     x = torch.rand(4, 3) + 0.1
     compiled = ts.script(model, example_inputs=(x,))
     torch.jit.save(compiled, str(tmp_path / "jit.pt"))
@@ -79,7 +32,7 @@ def test_torch_jit_save_still_works_on_a_module_carrying_a_plan(tmp_path):
 
 
 def test_trace_root_round_trip(tmp_path):
-    model = Traced()
+    model = TracedSigmoid()
     x = torch.randn(4, 3)
     compiled = ts.trace(model, (x,))
     path = tmp_path / "t.pt"
@@ -125,7 +78,7 @@ def test_saving_an_ignored_method_call_names_the_module_and_writes_nothing(tmp_p
 
 
 def test_the_archive_is_a_plain_torchscript_archive_carrying_the_plan(tmp_path):
-    model = Model()
+    model = SignSwitch()
     x = torch.rand(4, 3) + 0.1
     result = compile_scripted(model, x)
     path = tmp_path / "m.pt"
@@ -139,11 +92,13 @@ def test_the_archive_is_a_plain_torchscript_archive_carrying_the_plan(tmp_path):
 
 
 def test_a_root_left_in_python_is_refused_naming_the_format(tmp_path, watch):
-    model = Model()
+    model = SignSwitch()
     check = watch(model)
     compiled = ts.compile(model, example_inputs=(torch.rand(4, 3) + 0.1,))
     assert isinstance(compiled.traced, torch.jit.ScriptModule)  # compiled, but not at the root
-    with pytest.raises(ts.ArtifactError, match=r"format 'torchscript' cannot save a Model \(a TorchScript"):
+    with pytest.raises(
+        ts.ArtifactError, match=r"format 'torchscript' cannot save a SignSwitch \(a TorchScript"
+    ):
         ts.save(compiled, tmp_path / "m.pt", format="torchscript")
     assert list(tmp_path.iterdir()) == []
     check()
