@@ -182,7 +182,9 @@ def _like_for_like(subject: Subject) -> Subject:
     return Subject(
         name=subject.name,
         model=EnergyForces(subject.model),
-        make_args=lambda n: ({key: value.detach().clone() for key, value in _pair_nequip_args(n)[0].items()},),
+        make_args=lambda n: (
+            {key: value.detach().clone() for key, value in _pair_nequip_args(n)[0].items()},
+        ),
         outputs=_own_outputs,
         edges=subject.edges,
         extra=subject.extra,

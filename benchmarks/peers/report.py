@@ -378,7 +378,7 @@ def render(
         "as equal).  `stage` is where it stopped; `via` and `dynamic` are the plan's notes on the",
         "root.  Each check runs in a fresh process with an empty Inductor cache.  `inputs -> outputs`:",
         f"{OWN_IO!r} is the model as it is; `pair_nequip inputs -> energies, forces` is what NequIP's",
-        "own pipeline compiles (below), exported as a user would (docs/deploying.md, \"Only the",
+        'own pipeline compiles (below), exported as a user would (docs/deploying.md, "Only the',
         "outputs you use\"): a wrapper returning energies and forces, given pair_nequip's inputs.",
         "",
         *table(EXPORT, _with_io(of(rows, "export") + of(rows, "export_ef"))),

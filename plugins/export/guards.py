@@ -392,7 +392,9 @@ def _taker(spec: pytree.TreeSpec) -> _Taker | None:
         )
     if kind in (tuple, list):
         if all(child is _take_leaf for child in children):
-            return lambda value, flat: type(value) is kind and len(value) == count and flat.extend(value) is None
+            return lambda value, flat: (
+                type(value) is kind and len(value) == count and flat.extend(value) is None
+            )
         return lambda value, flat: (
             type(value) is kind and len(value) == count and _take_all(children, value, flat)
         )

@@ -201,7 +201,10 @@ def test_a_call_that_fits_takes_the_fast_path_and_gives_the_same_leaves(charges,
     [
         ((atoms(70), torch.tensor(2.0)), "input data['pos'] dim 0 is 70, outside the range [2, 64]"),
         ((atoms(1), torch.tensor(2.0)), None),  # below torch's own lower bound: it runs
-        (({"pos": torch.randn(6, 3), "charge": torch.randn(7)}, torch.tensor(2.0)), "data['charge'] dim 0 is 7"),
+        (
+            ({"pos": torch.randn(6, 3), "charge": torch.randn(7)}, torch.tensor(2.0)),
+            "data['charge'] dim 0 is 7",
+        ),
         (({"charge": torch.randn(6), "pos": torch.randn(6, 3)}, torch.tensor(2.0)), "structure differs"),
         (({"pos": torch.randn(6, 3)}, torch.tensor(2.0)), "input data is a dict with keys ['pos']"),
         ((atoms(6, torch.float64), torch.tensor(2.0)), "input data['pos'] is float64"),
