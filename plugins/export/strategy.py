@@ -425,18 +425,8 @@ def _trace_and_export(
 
         with quiet_failures("make_fx"):
             target = _make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
-        _drop_dead_code(target)
     with quiet_failures("torch.export"):
         return torch.export.export(target, args, dynamic_shapes=spec_of(target, args), **options)
-
-
-def _drop_dead_code(graph_module: torch.fx.GraphModule) -> None:
-    """Remove what no output needs from a ``make_fx`` graph: it records every operation
-    the call ran, the gradients and outputs the caller drops included (a wrapper that
-    returns only energies and forces of a model that also computes the virial), and
-    ``torch.export`` keeps them in the program it traces from it."""
-    if graph_module.graph.eliminate_dead_code():
-        graph_module.recompile()
 
 
 def _script_modules(module: torch.nn.Module, path: str) -> list[str]:
