@@ -158,7 +158,7 @@ def test_report_cuts_long_messages_and_keeps_the_columns(peers_modules):
     message = next(cell for cell in cells if cell.startswith("61 node(s)"))
     assert message.endswith("…") and len(message) == report.MESSAGE_CHARS
     assert "\\|" in message
-    assert timed_out.startswith("| LAMMPS_MACE | timeout |")
+    assert timed_out.startswith("| LAMMPS_MACE | the model's own | timeout |")
     eager = document.split("## Models and eager outputs", 1)[1]
     assert "- MACE: tiny MACE" in eager
     assert "| MACE | 6 | 22 | -8.263574 | 0.6152 | energy, forces |" in eager
@@ -173,7 +173,7 @@ def test_report_main_reads_json_lines(peers_modules, tmp_path):
     text = out.read_text()
     assert text.startswith("# Real peers: integration checks")
     assert "on 2026-12-01" in text and "not run: why" in text
-    assert "| MACE | failed | compile | - | PlanError |" in text
+    assert "| MACE | the model's own | failed | compile | - | PlanError |" in text
 
 
 # -- harness.py: each check in a child process with a timeout -------------------------------
@@ -318,9 +318,19 @@ NEQUIP_ROWS = [
     {"peer": "nequip", "model": "NequIP", "section": "export", "status": "ok", "stage": "done"}
     | {"build_s": 10.0, "aoti_build_s": 30.0, "aoti_diff": 4e-15, "via": "make_fx", "dynamic": "s0 = pos[0]"},
     {"peer": "nequip", "model": "NequIP", "section": "cpp", "status": "ok", "atoms": 12, "cpp_diff": 0.0},
+    {"peer": "nequip", "model": "NequIP", "section": "export_ef", "status": "ok", "stage": "done"}
+    | {
+        "build_s": 8.0,
+        "aoti_build_s": 27.0,
+        "aoti_diff": 3e-15,
+        "io": "pair_nequip inputs -> energies, forces",
+    },
+    {"peer": "nequip", "model": "NequIP", "section": "cpp", "status": "failed", "atoms": 12}
+    | {"io": "pair_nequip inputs -> energies, forces", "error": "RuntimeError", "message": "no"},
     {"peer": "nequip", "model": "NequIP", "section": "own_aoti", "status": "ok", "build_s": 50.0},
     {"peer": "nequip", "model": "NequIP", "section": "aoti_latency", "status": "ok", "atoms": 9}
-    | {"eager_ms": 3.0, "nequip_ms": 0.1, "torchstitch_ms": 0.11, "ratio": 1.1},
+    | {"eager_ms": 3.0, "nequip_ms": 0.1, "torchstitch_ms": 0.11, "ratio": 1.1}
+    | {"torchstitch_ef_ms": 0.1, "ratio_ef": 1.0},
 ]
 
 
@@ -329,8 +339,14 @@ def test_report_sets_torchstitch_against_nequips_own_package(peers_modules):
     document = report.render(NEQUIP_ROWS, "2026-11-30")
     summary = document.split("## Summary", 1)[1].split("\n## ", 1)[0]
     (nequip,) = (line for line in summary.splitlines() if line.startswith("| NequIP"))
-    assert "works: max abs diff 4.0e-15 at every size; C++ loader at 12 atoms: equals Python (0)" in nequip
-    assert "built in 50 s; torchstitch builds in 0.80x its time; runs in 1.10x its latency" in nequip
-    versus = document.split("Against torchstitch's package", 1)[1]
-    row = "| NequIP | 50.0 | 40.0 | 0.80x (PASS, <= 0.8x) | 9 | 3.000 | 0.100 | 0.110 | 1.10x (MISS"
-    assert row in versus
+    # the model's own package, and the like-for-like comparison with NequIP's
+    assert "works: max abs diff 4.0e-15 at every size; C++ loader at 12 atoms: equals Python (0) |" in nequip
+    assert "built in 50 s; torchstitch builds in 0.70x its time; runs in 1.00x its latency" in nequip
+    versus = document.split("Against torchstitch's packages", 1)[1]
+    own = "| NequIP | the model's own | 50.0 | 40.0 | 0.80x (PASS, <= 0.8x) | 9 | 3.000 | 0.100 | 0.110 | "
+    like = "| NequIP | pair_nequip inputs -> energies, forces | 50.0 | 35.0 | 0.70x (PASS, <= 0.8x) | 9 | "
+    assert own + "1.10x (MISS" in versus and like + "3.000 | 0.100 | 0.100 | 1.00x (PASS" in versus
+    exported = document.split("## Export and AOTI through torchstitch", 1)[1]
+    assert "| NequIP | the model's own | ok |" in exported
+    assert "| NequIP | pair_nequip inputs -> energies, forces | ok |" in exported
+    assert "| NequIP | pair_nequip inputs -> energies, forces | failed | 12 |" in exported  # its C++ row

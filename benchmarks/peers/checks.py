@@ -142,13 +142,13 @@ def torchscript_drop_in(subject: Subject, call: str = "compile") -> list[Row]:
     return [row]
 
 
-def export_and_aoti(subject: Subject) -> list[Row]:
+def export_and_aoti(subject: Subject, kind: str = "torchstitch") -> list[Row]:
     """``ts.compile(target="export")`` on the first two sizes, then AOTI; both against eager.
 
     The exported model runs on every size; the AOTI package (``ts.save(format="aoti")``,
     ``ts.load``) too, the last size being one the export never saw, in Python and in C++
-    (:func:`cpp_run`).  The package stays in ``.peers/artifacts`` for later checks.  A
-    failure is recorded with the stage it happened in.
+    (:func:`cpp_run`).  The package stays in ``.peers/artifacts`` for later checks, as
+    ``kind``.  A failure is recorded with the stage it happened in.
     """
     reference = {n: subject.run(subject.model, n) for n in SIZES}
     row: Row = {"stage": "compile", "root_strategy": subject.root_strategy}
@@ -166,7 +166,8 @@ def export_and_aoti(subject: Subject) -> list[Row]:
         exported = {n: subject.run(compiled, n) for n in SIZES}
         row["export_diff"] = _worst(exported, reference)
         row["stage"] = "save aoti"
-        path = subject.artifact("torchstitch")
+        path = subject.artifact(kind)
+        path.unlink(missing_ok=True)  # a later check must not time an earlier run's package
         start = time.perf_counter()
         ts.save(compiled, path, format="aoti")
         row["aoti_build_s"] = time.perf_counter() - start

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -73,6 +73,11 @@ class InputSpec:
     leaves: tuple[Leaf, ...]
     ranges: Mapping[str, tuple[int, int | None]]
     where: str = ""
+    #: the checks of a call that fits, precomputed (``None``: every call takes the full check)
+    _fast: _FastCheck | None = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_fast", _FastCheck.build(self))
 
     # -- building -------------------------------------------------------------
 
@@ -148,6 +153,11 @@ class InputSpec:
             exported with, and their leaves.
         :raises InputSpecError: naming the first input that does not fit.
         """
+        if self._fast is not None:
+            flat = self._fast.flat_if_fits(args, kwargs)
+            if flat is not None:
+                return args, dict(kwargs), flat
+        # the full check: it binds arguments given by name, and says what does not fit
         args, kwargs = self._bind(args, kwargs)
         flat, structure = pytree.tree_flatten((args, kwargs))
         if structure != self.in_spec:
@@ -279,6 +289,128 @@ class InputSpec:
         return InputSpecError(message, input=input, path=self.where, strategy="export")
 
 
+# -- the fast path ---------------------------------------------------------------
+
+
+#: takes the leaves of one argument into a list; ``False`` where its structure differs
+_Taker = Callable[[Any, list[Any]], bool]
+
+
+@attrs.frozen
+class _FastCheck:
+    """:meth:`InputSpec.check` of a call that fits, in one pass without allocating much: a
+    loaded AOTI package checks every call, and the full check (pytree flatten, structure
+    comparison, per-leaf messages ready) costs as much as a tenth of a small model's run.
+
+    It only answers whether the call fits; where it does not, or where it cannot tell
+    (a size the export derived from others, an input it did not record), the full check
+    runs and says why.
+    """
+
+    take: _Taker
+    #: per tensor input: (leaf index, dtype, device, number of dims, fixed (axis, size)
+    #: pairs, dynamic (axis, symbol) pairs)
+    tensors: tuple[tuple[int, torch.dtype, torch.device, int, tuple, tuple], ...]
+    #: per constant input: (leaf index, the value the export fixed)
+    constants: tuple[tuple[int, Any], ...]
+    #: per symbol: the sizes it may take, ``(lower, upper)`` both inclusive
+    bounds: Mapping[str, tuple[int, float]]
+
+    @classmethod
+    def build(cls, spec: InputSpec) -> _FastCheck | None:
+        """The fast check of ``spec``; ``None`` where it has something only the full check handles."""
+        take = _taker(spec.in_spec)
+        if take is None:
+            return None
+        tensors, constants = [], []
+        for index, leaf in enumerate(spec.leaves):
+            if isinstance(leaf, ConstantLeaf):
+                if leaf.value is None:
+                    return None  # a SymInt or an opaque input: only the full check skips it
+                constants.append((index, leaf.value))
+                continue
+            if any(isinstance(size, str) and size not in spec.ranges for size in leaf.shape):
+                return None  # a derived size (2*s44): checked once the others are known
+            fixed = tuple((axis, size) for axis, size in enumerate(leaf.shape) if isinstance(size, int))
+            symbols = tuple((axis, size) for axis, size in enumerate(leaf.shape) if isinstance(size, str))
+            tensors.append((index, leaf.dtype, leaf.device, len(leaf.shape), fixed, symbols))
+        bounds = {
+            symbol: (lower if lower > _RUNTIME_MIN else 0, math.inf if upper is None else upper)
+            for symbol, (lower, upper) in spec.ranges.items()
+        }
+        return cls(take, tuple(tensors), tuple(constants), bounds)
+
+    def flat_if_fits(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Any] | None:
+        """The call's leaves if it fits, else ``None``."""
+        flat: list[Any] = []
+        if not self.take((args, kwargs), flat):
+            return None
+        sizes: dict[str, int] = {}
+        for index, dtype, device, ndim, fixed, symbols in self.tensors:
+            value = flat[index]
+            if not isinstance(value, torch.Tensor) or value.dtype != dtype or value.device != device:
+                return None
+            shape = value.shape
+            if len(shape) != ndim:
+                return None
+            for axis, size in fixed:
+                actual = shape[axis]
+                # a SymInt (the call is traced) is never compared: that would add a guard
+                if type(actual) is not int or actual != size:
+                    return None
+            for axis, symbol in symbols:
+                actual = shape[axis]
+                if type(actual) is not int or sizes.setdefault(symbol, actual) != actual:
+                    return None
+        for symbol, actual in sizes.items():
+            lower, upper = self.bounds[symbol]
+            if not lower <= actual <= upper:
+                return None
+        for index, value in self.constants:
+            if not _same_constant(flat[index], value):
+                return None
+        return flat
+
+
+def _taker(spec: pytree.TreeSpec) -> _Taker | None:
+    """What takes the leaves of a value of structure ``spec`` (tuples, lists and dicts, the
+    order of pytree's flatten), checking the structure on the way; ``None`` for other nodes."""
+    if spec.is_leaf():
+        return _take_leaf
+    children = [_taker(child) for child in _children_of(spec)]
+    if any(child is None for child in children):
+        return None
+    kind, count = spec.type, spec.num_children
+    if kind is dict:
+        keys = tuple(spec.context)
+        if all(child is _take_leaf for child in children):
+            return lambda value, flat: (
+                type(value) is dict and tuple(value) == keys and flat.extend(value.values()) is None
+            )
+        return lambda value, flat: (
+            type(value) is dict and tuple(value) == keys and _take_all(children, value.values(), flat)
+        )
+    if kind in (tuple, list):
+        if all(child is _take_leaf for child in children):
+            return lambda value, flat: (
+                type(value) is kind and len(value) == count and flat.extend(value) is None
+            )
+        return lambda value, flat: (
+            type(value) is kind and len(value) == count and _take_all(children, value, flat)
+        )
+    return None
+
+
+def _take_leaf(value: Any, flat: list[Any]) -> bool:
+    # whatever it is: a dict where the export took a tensor fails the tensor's own check
+    flat.append(value)
+    return True
+
+
+def _take_all(children: list[_Taker], values: Any, flat: list[Any]) -> bool:
+    return all(take(value, flat) for take, value in zip(children, values))
+
+
 # -- reading the program --------------------------------------------------------
 
 
@@ -301,6 +433,11 @@ def _placeholder_value(node: torch.fx.Node) -> Any:
 
 def _child(spec: pytree.TreeSpec, index: int) -> pytree.TreeSpec:
     return spec.child(index) if hasattr(spec, "child") else spec.children_specs[index]
+
+
+def _children_of(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
+    # ``children_specs`` is deprecated from torch 2.13 on, ``children()`` new in it
+    return list(spec.children()) if hasattr(spec, "children") else spec.children_specs
 
 
 def _argument_names(

@@ -176,6 +176,56 @@ def test_a_constant_argument_is_guarded_with_the_tensors():
     assert "input x dim 1 is 4, but the export fixed it to 3" in str(error)
 
 
+# -- the fast path of the per-call check ----------------------------------------------
+
+
+def test_a_call_that_fits_takes_the_fast_path_and_gives_the_same_leaves(charges, monkeypatch):
+    model, compiled = charges
+    spec = compiled.input_spec
+    data, scale = atoms(9), torch.tensor(0.5)
+    _, _, full = spec.check((), {"data": data, "scale": scale})  # by name: the full check binds them
+    from torchstitch.plugins.export.guards import InputSpec
+
+    def no_full_check(*args, **kwargs):
+        raise AssertionError("the full check ran for a call that fits")
+
+    monkeypatch.setattr(InputSpec, "_bind", no_full_check)
+    args, kwargs, fast = spec.check((data, scale), {})
+    assert args == (data, scale) and kwargs == {}
+    assert len(fast) == len(full) and all(a is b for a, b in zip(fast, full))
+    torch.testing.assert_close(compiled(data, scale), model(data, scale))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ((atoms(70), torch.tensor(2.0)), "input data['pos'] dim 0 is 70, outside the range [2, 64]"),
+        ((atoms(1), torch.tensor(2.0)), None),  # below torch's own lower bound: it runs
+        (
+            ({"pos": torch.randn(6, 3), "charge": torch.randn(7)}, torch.tensor(2.0)),
+            "data['charge'] dim 0 is 7",
+        ),
+        (({"charge": torch.randn(6), "pos": torch.randn(6, 3)}, torch.tensor(2.0)), "structure differs"),
+        (({"pos": torch.randn(6, 3)}, torch.tensor(2.0)), "input data is a dict with keys ['pos']"),
+        ((atoms(6, torch.float64), torch.tensor(2.0)), "input data['pos'] is float64"),
+        ((atoms(6), torch.ones(1)), "input scale has 1 dims"),
+        ((atoms(6), 2.0), "input scale is a float"),
+        (([atoms(6)["pos"], atoms(6)["charge"]], torch.tensor(2.0)), "input data is a list of 2"),
+    ],
+    ids=["range", "size-1", "one-size", "key-order", "keys", "dtype", "rank", "type", "structure"],
+)
+def test_the_fast_path_lets_only_fitting_calls_through(charges, call, message):
+    """Every misfit falls through to the full check, which names it (``None``: the call fits)."""
+    _, compiled = charges
+    flat = compiled.input_spec._fast.flat_if_fits(call, {})
+    if message is None:
+        assert flat is not None
+        compiled(*call)
+        return
+    assert flat is None
+    assert message in str(call_error(compiled, *call))
+
+
 # -- an operator torch.export.save cannot serialise ---------------------------------
 
 
