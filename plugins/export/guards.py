@@ -377,27 +377,35 @@ def _taker(spec: pytree.TreeSpec) -> _Taker | None:
     order of pytree's flatten), checking the structure on the way; ``None`` for other nodes."""
     if spec.is_leaf():
         return _take_leaf
-    children = [_taker(child) for child in _children_of(spec)]
-    if any(child is None for child in children):
+    found = [_taker(child) for child in _children_of(spec)]
+    children = [child for child in found if child is not None]
+    if len(children) != len(found):
         return None
+    leaves_only = all(child is _take_leaf for child in children)
     kind, count = spec.type, spec.num_children
     if kind is dict:
         keys = tuple(spec.context)
-        if all(child is _take_leaf for child in children):
-            return lambda value, flat: (
-                type(value) is dict and tuple(value) == keys and flat.extend(value.values()) is None
-            )
-        return lambda value, flat: (
-            type(value) is dict and tuple(value) == keys and _take_all(children, value.values(), flat)
-        )
+
+        def take_dict(value: Any, flat: list[Any]) -> bool:
+            if type(value) is not dict or tuple(value) != keys:
+                return False
+            if leaves_only:
+                flat.extend(value.values())
+                return True
+            return _take_all(children, value.values(), flat)
+
+        return take_dict
     if kind in (tuple, list):
-        if all(child is _take_leaf for child in children):
-            return lambda value, flat: (
-                type(value) is kind and len(value) == count and flat.extend(value) is None
-            )
-        return lambda value, flat: (
-            type(value) is kind and len(value) == count and _take_all(children, value, flat)
-        )
+
+        def take_sequence(value: Any, flat: list[Any]) -> bool:
+            if type(value) is not kind or len(value) != count:
+                return False
+            if leaves_only:
+                flat.extend(value)
+                return True
+            return _take_all(children, value, flat)
+
+        return take_sequence
     return None
 
 
