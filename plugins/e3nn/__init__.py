@@ -100,7 +100,8 @@ def torchstitch_tracing_inputs(module: torch.nn.Module, n: int) -> TracingInputs
 def torchstitch_prepare(
     module: torch.nn.Module, node: Node, strategy: Strategy, scratch: dict
 ) -> torch.nn.Module | None:
-    """Make e3nn's fx-generated code scriptable for torch < 2.13, as ``e3nn.util.jit`` does;
+    """Make e3nn's fx-generated code scriptable for torch < 2.13, as ``e3nn.util.jit`` does,
+    and script e3nn's spherical harmonics for the ``lmax`` a module uses (:mod:`.script`);
     for the export family, give it Python code where e3nn runs TorchScript (:mod:`.export`).
 
     Done once per distinct generated code in a compile call: a large network holds
@@ -113,6 +114,12 @@ def torchstitch_prepare(
         from .export import size_independent
 
         return size_independent(module, scratch)
+    if strategy.family == "torchscript" and _e3nn_loaded():
+        from .script import specialized_spherical_harmonics
+
+        specialized = specialized_spherical_harmonics(module, scratch)
+        if specialized is not None:
+            return specialized
     if (
         not REWRITE_FOR_TORCHSCRIPT
         or strategy.family != "torchscript"

@@ -1,0 +1,160 @@
+"""e3nn's spherical harmonics, scripted for the one ``lmax`` a module uses.
+
+e3nn >= 0.5 calls ``self.sph_func(self._lmax, x, y, z)`` in each ``o3.SphericalHarmonics``:
+``_spherical_harmonics``, one function of about 1,750 lines with a branch for every
+``lmax`` up to 11, of which a module runs one (scripted at construction under
+``jit_mode="script"``, else scripted with the module).  TorchScript keeps every branch:
+scripting the module compiles them all (about 0.26 s), a saved model carries them all and
+``torch.jit.load`` compiles them all again (0.25-0.36 s per load here: most of the time a
+compile-cache hit takes, and a good part of what a libtorch host spends loading a NequIP
+model).
+
+For a node the TorchScript family compiles, :func:`specialized_spherical_harmonics`
+gives the engine a shell whose ``sph_func`` is the same function cut to the module's
+``lmax``: the statements before that branch and the branch's own ``return``, the other
+branches' early returns dropped.  The arithmetic is e3nn's, statement for statement, so
+the results are bit-identical (checked on random inputs before it is used); loading it
+takes about 0.016 s.  The caller's module is not changed.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import linecache
+import logging
+import sys
+from typing import Any
+
+import torch
+
+from torchstitch.plugins.toolkit import make_shell
+
+log = logging.getLogger(__name__)
+
+__all__ = ["specialized_spherical_harmonics"]
+
+#: the name of e3nn's function, in the module that defines ``SphericalHarmonics``
+FUNCTION = "_spherical_harmonics"
+
+
+def specialized_spherical_harmonics(
+    module: torch.nn.Module, scratch: dict[Any, Any]
+) -> torch.nn.Module | None:
+    """A shell of ``module`` whose ``sph_func`` is scripted for its ``lmax`` only; ``None``
+    for any other module, or where the function cannot be cut (it is then scripted whole).
+
+    :param module: the engine's shell of a node the TorchScript family compiles.
+    :param scratch: the compile call's memo (one cut function per ``lmax``).
+    """
+    function, lmax = _scripted_spherical_harmonics(module)
+    if function is None or lmax is None:
+        return None
+    key = ("e3nn", "spherical_harmonics", type(module).__module__, lmax)
+    if key not in scratch:
+        scratch[key] = _specialize(type(module).__module__, lmax, function)
+    specialized = scratch[key]
+    if specialized is None:
+        return None
+    shell = make_shell(module)
+    shell.sph_func = specialized
+    return shell
+
+
+def _scripted_spherical_harmonics(module: torch.nn.Module) -> tuple[Any, int | None]:
+    """e3nn's scripted function in ``module`` and the ``lmax`` it is called with, if any."""
+    cls = type(module)
+    if cls.__name__ != "SphericalHarmonics" or not cls.__module__.startswith("e3nn."):
+        return None, None
+    function = module.__dict__.get("sph_func")
+    lmax = module.__dict__.get("_lmax")
+    if not isinstance(lmax, int):
+        return None, None
+    name: str | None
+    if isinstance(function, torch.jit.ScriptFunction):
+        name = function.qualified_name.rsplit(".", 1)[-1]
+    else:  # jit_mode="eager" (e3nn 0.6's default): scripting the module scripts it whole
+        name = (
+            getattr(function, "__name__", None)
+            if getattr(function, "__module__", None) == cls.__module__
+            else None
+        )
+    return (function, lmax) if name == FUNCTION else (None, None)
+
+
+def _specialize(module_name: str, lmax: int, original: Any) -> Any:
+    """e3nn's function cut to ``lmax`` and scripted, if it gives the original's results."""
+    try:
+        namespace = vars(sys.modules[module_name])
+        source = _cut_source(inspect.getsource(namespace[FUNCTION]), lmax)
+        if source is None:
+            return None
+        filename = f"<torchstitch: e3nn spherical harmonics, lmax={lmax}>"
+        # TorchScript reads a function's source through linecache
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        local = dict(namespace)
+        exec(compile(source, filename, "exec"), local)
+        specialized = torch.jit.script(local[f"{FUNCTION}_lmax{lmax}"])
+        if not _same_results(original, specialized, lmax):
+            log.debug("e3nn spherical harmonics cut to lmax=%d differ from e3nn's: not used", lmax)
+            return None
+    except Exception:  # e3nn's code changed shape: script the whole function, as before
+        log.debug("e3nn spherical harmonics: could not cut to lmax=%d", lmax, exc_info=True)
+        return None
+    log.debug("e3nn spherical harmonics: scripted for lmax=%d only", lmax)
+    return specialized
+
+
+def _cut_source(source: str, lmax: int) -> str | None:
+    """The function's source up to its ``if lmax == {lmax}:`` branch, that branch's body
+    unconditional, and the other ``if lmax == k:`` early returns dropped."""
+    lines = source.splitlines(True)
+    branch = next((i for i, line in enumerate(lines) if line.strip() == f"if lmax == {lmax}:"), None)
+    if branch is None:
+        return None
+    indent = len(lines[branch]) - len(lines[branch].lstrip())
+    end = branch + 1
+    while end < len(lines) and (
+        not lines[end].strip() or len(lines[end]) - len(lines[end].lstrip()) > indent
+    ):
+        end += 1
+    tree = ast.parse("".join(lines[:end]))
+    (function,) = tree.body
+    if not isinstance(function, ast.FunctionDef):
+        return None
+    body: list[ast.stmt] = []
+    for statement in function.body:
+        value = _lmax_test(statement)
+        if value is None:
+            body.append(statement)
+        elif value == lmax and isinstance(statement, ast.If):
+            body.extend(statement.body)
+    if not body or not isinstance(body[-1], ast.Return):
+        return None
+    function.body = body
+    function.name = f"{FUNCTION}_lmax{lmax}"
+    return ast.unparse(tree) + "\n"
+
+
+def _lmax_test(statement: ast.stmt) -> int | None:
+    """``k`` for a statement ``if lmax == k: ...`` (without ``else``), else ``None``."""
+    if not isinstance(statement, ast.If) or statement.orelse:
+        return None
+    test = statement.test
+    if (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "lmax"
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and isinstance(test.comparators[0], ast.Constant)
+        and isinstance(test.comparators[0].value, int)
+    ):
+        return test.comparators[0].value
+    return None
+
+
+def _same_results(original: Any, specialized: Any, lmax: int) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    x, y, z = torch.randn(3, 7, generator=generator, dtype=torch.float64)
+    return torch.equal(original(lmax, x, y, z), specialized(lmax, x, y, z))
