@@ -86,7 +86,7 @@ def _specialize(module_name: str, lmax: int, original: Any) -> Any:
     """e3nn's function cut to ``lmax`` and scripted, if it gives the original's results."""
     try:
         namespace = vars(sys.modules[module_name])
-        source = _cut_source(inspect.getsource(namespace[FUNCTION]), lmax)
+        source = _cut_source(_source_from_definition(namespace[FUNCTION]), lmax)
         if source is None:
             return None
         filename = f"<torchstitch: e3nn spherical harmonics, lmax={lmax}>"
@@ -103,6 +103,13 @@ def _specialize(module_name: str, lmax: int, original: Any) -> Any:
         return None
     log.debug("e3nn spherical harmonics: scripted for lmax=%d only", lmax)
     return specialized
+
+
+def _source_from_definition(function: Any) -> str:
+    """The source file from ``function``'s definition on: only the part up to the branch
+    is parsed, and ``inspect.getsource`` would tokenize the whole function (half the cost)."""
+    code = inspect.unwrap(function).__code__
+    return "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1 :])
 
 
 def _cut_source(source: str, lmax: int) -> str | None:
@@ -132,6 +139,7 @@ def _cut_source(source: str, lmax: int) -> str | None:
     if not body or not isinstance(body[-1], ast.Return):
         return None
     function.body = body
+    function.decorator_list = []
     function.name = f"{FUNCTION}_lmax{lmax}"
     return ast.unparse(tree) + "\n"
 
