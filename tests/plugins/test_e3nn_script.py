@@ -4,6 +4,7 @@ longer carries (nor a load compiles) the branches of every other ``lmax``."""
 
 import copy
 import io
+import zipfile
 
 import pytest
 import torch
@@ -21,8 +22,6 @@ def saved_code(module: torch.jit.ScriptModule) -> str:
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
     buffer.seek(0)
-    import zipfile
-
     with zipfile.ZipFile(buffer) as archive:
         return "".join(archive.read(n).decode() for n in archive.namelist() if n.endswith(".py"))
 
