@@ -40,6 +40,7 @@ from torch.export.graph_signature import InputKind
 from torchstitch import TorchstitchWarning, __version__
 from torchstitch.plugins.toolkit import display_path, warn
 
+from .isa import isa_checked_alongside
 from .module import ExportedModule
 
 __all__ = [
@@ -324,9 +325,10 @@ def compile_package(
 
 def _compile(program: torch.export.ExportedProgram, path: str, configs: Mapping[str, Any]) -> str:
     log.info("AOTInductor: compiling %s (this takes a while)", path)
-    return torch._inductor.aoti_compile_and_package(
-        program, package_path=path, inductor_configs=dict(configs)
-    )
+    with isa_checked_alongside(program, configs):
+        return torch._inductor.aoti_compile_and_package(
+            program, package_path=path, inductor_configs=dict(configs)
+        )
 
 
 def _write_entry(folder: Path, package: str, layout: Mapping[str, Any]) -> None:
