@@ -20,6 +20,7 @@ import enum
 import hashlib
 import linecache
 import logging
+import operator
 import sys
 import types
 from collections.abc import Iterator, Mapping
@@ -132,7 +133,7 @@ class KeyWriter:
             # no source (a C-compiled or generated function): its bytecode says what it does
             return f"<no source> {code.co_code.hex()} {code.co_consts!r} {code.co_names!r}"
         # the lines the compiled code spans (nested functions included): no tokenizing
-        last = max(_last_lines(code), default=code.co_firstlineno)
+        last = _last_line(code)
         return "".join(lines[code.co_firstlineno - 1 : last])
 
     # -- modules ---------------------------------------------------------------
@@ -184,18 +185,29 @@ def _function_of(value: Any) -> types.FunctionType | None:
     return value if isinstance(value, types.FunctionType) else None
 
 
-def _last_lines(code: types.CodeType) -> Iterator[int]:
-    positions = getattr(code, "co_positions", None)  # 3.11+: where each expression ends
+def _last_line(code: types.CodeType) -> int:
+    """The last source line ``code`` spans, nested functions included.
+
+    3.11+: where its last expression ends (a multi-line string or call included); 3.10:
+    where its last instruction's line starts.  map/filter/max iterate in C: a network's
+    classes have tens of thousands of instructions, and this runs on every compile.
+    """
+    positions = getattr(code, "co_positions", None)
     if positions is not None:
-        ends = (end for _, end, _, _ in positions())
-    else:  # 3.10: where each instruction's line starts
-        ends = (line for _, _, line in code.co_lines())
-    for end in ends:
-        if end is not None:
-            yield end
+        ends = filter(None, map(_END_LINE, positions()))
+    else:
+        ends = filter(None, map(_LINE, code.co_lines()))
+    last = max(ends, default=code.co_firstlineno)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _last_lines(const)
+            last = max(last, _last_line(const))
+    return last
+
+
+#: fields of ``co_positions()`` (line, end line, column, end column) and ``co_lines()``
+#: (start offset, end offset, line) entries
+_END_LINE = operator.itemgetter(1)
+_LINE = operator.itemgetter(2)
 
 
 def _global_names(code: types.CodeType) -> Iterator[str]:

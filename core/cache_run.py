@@ -23,7 +23,7 @@ import torch
 
 from ._warn import warn
 from .cache import CacheCodec, CompileCache
-from .cache_key import KeyWriter, node_key, plugin_version
+from .cache_key import KeyWriter, inputs_text, node_key, plugin_version
 from .errors import (
     TorchstitchWarning,
     TracingInputsError,
@@ -85,7 +85,11 @@ class NodeCache:
         self.hits: dict[str, str] = {}
         #: (path, strategy, key, compiled module) of the misses, written by :meth:`flush`
         self.pending: list[tuple[str, Strategy, str, torch.nn.Module]] = []
-        self._versions: dict[str, str] = {}
+        #: path -> what its predicted key was made from besides the modules (strategy,
+        #: tracing inputs, entries below): a node compiled so has that key
+        self._basis: dict[str, tuple[str, str, dict[str, str | None]]] = {}
+        #: strategy name -> :meth:`_plugins` (the plugins cannot change during the call)
+        self._plugin_texts: dict[str, str] = {}
 
     # -- keys ----------------------------------------------------------------
 
@@ -98,6 +102,8 @@ class NodeCache:
         compiled: dict[str, str | None] = {
             path: self.keys.get(path) for path in self.run.compiled_paths if _below(path, node.path)
         }
+        if self._basis.get(node.path) == (strategy.name, inputs_text(inputs), compiled):
+            return self.predicted[node.path]  # compiled as predicted: the same key
         return self._key(node, strategy, inputs, compiled)
 
     def _key(
@@ -121,15 +127,16 @@ class NodeCache:
     def _plugins(self, strategy: Strategy) -> str:
         """The plugins that shape ``strategy``'s code: its provider, and every plugin that
         prepares modules (``torchstitch_prepare``), each with its distribution's version."""
-        pm = self.run.plugins.pm
-        names = [self.run.plugins.providers[strategy.name]]
-        names += sorted(
-            pm.get_name(impl.plugin) or "?" for impl in pm.hook.torchstitch_prepare.get_hookimpls()
-        )
-        for name in names:
-            if name not in self._versions:
-                self._versions[name] = plugin_version(pm, name)
-        return "; ".join(f"{name}={self._versions[name]}" for name in names)
+        text = self._plugin_texts.get(strategy.name)
+        if text is None:
+            pm = self.run.plugins.pm
+            names = [self.run.plugins.providers[strategy.name]]
+            names += sorted(
+                pm.get_name(impl.plugin) or "?" for impl in pm.hook.torchstitch_prepare.get_hookimpls()
+            )
+            text = "; ".join(f"{name}={plugin_version(pm, name)}" for name in names)
+            self._plugin_texts[strategy.name] = text
+        return text
 
     # -- the top-down look-up ------------------------------------------------
 
@@ -179,6 +186,7 @@ class NodeCache:
             }
             if inputs is not None:
                 key = self._key(node, strategy, inputs, compiled)
+                self._basis[node.path] = (strategy.name, inputs_text(inputs), compiled)
         self.predicted[node.path] = key
         return key
 

@@ -265,6 +265,45 @@ def test_an_edited_class_is_a_miss(tmp_path, monkeypatch):
     assert compile_fresh("-").startswith("miss ")
 
 
+SPAN_SOURCE = '''
+def spanned(x):
+    return max(
+        x,
+        len("""first
+{last}"""),
+    )
+
+
+def after(x):
+    return {after}
+'''
+
+
+@pytest.mark.parametrize(
+    "edit, changes",
+    [
+        ({"last": "second"}, True),  # the last line of a string that ends the function
+        ({"after": "1"}, False),  # the next function: not part of this one's text
+    ],
+)
+def test_a_function_s_text_spans_exactly_its_source(tmp_path, monkeypatch, edit, changes):
+    from torchstitch.core.cache_key import KeyWriter
+
+    source = tmp_path / "spanned_module_for_cache.py"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+
+    def text(**fields):
+        source.write_text(SPAN_SOURCE.format(**{"last": "line", "after": "0", **fields}))
+        sys.modules.pop("spanned_module_for_cache", None)
+        importlib.invalidate_caches()
+        return KeyWriter().function_text(importlib.import_module("spanned_module_for_cache").spanned, 0)
+
+    before = text()
+    assert before.startswith("def spanned(x):") and before.rstrip().endswith(")")
+    assert (text(**edit) != before) is changes
+
+
 def test_without_cache_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)
