@@ -52,7 +52,9 @@ def isa_checked_alongside(
 
 
 def _worth_starting(program: torch.export.ExportedProgram, configs: Mapping[str, Any]) -> bool:
-    from torch._inductor import cpu_vec_isa
+    # what the check imports, imported here: two threads importing torch._inductor's
+    # modules (which import each other) at once could deadlock on the import locks
+    from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 
     if any(str(key).startswith("cpp.") for key in configs):
         return False
