@@ -609,4 +609,14 @@ def _difference(value: Any, structure: pytree.TreeSpec, path: str) -> tuple[str,
         problem = _difference(item, _child(structure, i), where)
         if problem is not None:
             return problem
+    if structure.type is dict and list(value) != list(structure.context):
+        # not put in order here: a model that reads the dict in order would then see another
+        # order than the caller gave, and differ from eager without a word
+        return (
+            f"input {path} has the keys the export took, in another order: "
+            f"{list(map(str, value))}; the export fixed their order as "
+            f"{list(map(str, structure.context))} (a dict's order is part of its structure, since "
+            "a model may read it in order): pass the keys in that order",
+            path,
+        )
     return None

@@ -107,6 +107,13 @@ def test_structure_and_types_are_type_errors_naming_the_input(charges):
         "input data is a dict with keys ['pos'], but the export takes a dict with keys ['charge', 'pos']"
         in str(error)
     )
+    error = call_error(compiled, {"charge": torch.randn(6), "pos": torch.randn(6, 3)}, torch.tensor(2.0))
+    assert isinstance(error, TypeError)
+    assert error.input == "data"
+    assert (
+        "input data has the keys the export took, in another order: ['charge', 'pos']; "
+        "the export fixed their order as ['pos', 'charge']"
+    ) in str(error)
     error = call_error(compiled, atoms(6))
     assert "forward(data, scale) was exported with 2 positional inputs, got 1" in str(error)
     error = call_error(compiled, atoms(6), 2.0)
@@ -205,7 +212,10 @@ def test_a_call_that_fits_takes_the_fast_path_and_gives_the_same_leaves(charges,
             ({"pos": torch.randn(6, 3), "charge": torch.randn(7)}, torch.tensor(2.0)),
             "data['charge'] dim 0 is 7",
         ),
-        (({"charge": torch.randn(6), "pos": torch.randn(6, 3)}, torch.tensor(2.0)), "structure differs"),
+        (
+            ({"charge": torch.randn(6), "pos": torch.randn(6, 3)}, torch.tensor(2.0)),
+            "input data has the keys the export took, in another order",
+        ),
         (({"pos": torch.randn(6, 3)}, torch.tensor(2.0)), "input data is a dict with keys ['pos']"),
         ((atoms(6, torch.float64), torch.tensor(2.0)), "input data['pos'] is float64"),
         ((atoms(6), torch.ones(1)), "input scale has 1 dims"),
