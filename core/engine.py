@@ -185,7 +185,8 @@ class Engine:
                         raise
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
-            attach_plan(compiled, plan)
+            cache_dir = self.options.cache_dir
+            attach_plan(compiled, plan, cache_dir=None if cache_dir is None else os.fspath(cache_dir))
         reporting.warn_fallbacks(run.outcomes)
         reporting.warn_if_nothing_compiles(plan, plugin_set)
         reporting.warn_training_mode(run.fixed_in_training, plugin_set.strategies)

@@ -131,7 +131,9 @@ def torchstitch_artifact_formats() -> list[ArtifactFormat]:
     All results are collected; ``torchstitch.save`` picks the one named by
     ``format=`` (or the first that accepts the compiled root) and
     ``torchstitch.load`` the one recorded in the file's metadata.  When two
-    plugins offer the same name, the first registered wins.
+    plugins offer the same name, the first registered wins.  A format whose
+    ``takes_cache_dir`` is true gets, unless the caller names one, the
+    ``cache_dir`` option the model was compiled with.
     """
     raise NotImplementedError  # a specification: pluggy calls the plugins' implementations
 

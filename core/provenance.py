@@ -18,19 +18,21 @@ from typing import Any
 
 from .ir import Plan
 
-__all__ = ["attach_plan", "plan_of"]
+__all__ = ["attach_plan", "cache_dir_of", "plan_of"]
 
 _KEY = "_torchstitch_plan"
 
 
 class _PlanTag:
-    """A plan and the one object it belongs to."""
+    """A plan and the one object it belongs to, and the compile cache folder it was
+    compiled with (``None``: none was given to the compile call)."""
 
-    __slots__ = ("owner", "plan")
+    __slots__ = ("cache_dir", "owner", "plan")
 
-    def __init__(self, owner: Any, plan: Plan) -> None:
+    def __init__(self, owner: Any, plan: Plan, cache_dir: str | None) -> None:
         self.owner = weakref.ref(owner)
         self.plan = plan
+        self.cache_dir = cache_dir
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         # a pickled copy is another object: it carries no plan, and needs no torchstitch to load
@@ -40,8 +42,9 @@ class _PlanTag:
         return f"<torchstitch plan of {len(self.plan)} nodes>"
 
 
-def attach_plan(module: Any, plan: Plan) -> bool:
-    """Record that ``module`` was compiled with ``plan``; ``False`` if it cannot carry one.
+def attach_plan(module: Any, plan: Plan, *, cache_dir: str | None = None) -> bool:
+    """Record that ``module`` was compiled with ``plan`` (and the ``cache_dir`` the compile
+    call was given); ``False`` if it cannot carry one.
 
     Only call this on objects torchstitch created: it writes ``module.__dict__``.
     """
@@ -49,10 +52,17 @@ def attach_plan(module: Any, plan: Plan) -> bool:
     if state is None:
         return False
     try:
-        state[_KEY] = _PlanTag(module, plan)
+        state[_KEY] = _PlanTag(module, plan, cache_dir)
     except TypeError:  # no weak references to this type
         return False
     return True
+
+
+def cache_dir_of(module: Any) -> str | None:
+    """The ``cache_dir`` the compile call that returned ``module`` was given, or ``None``
+    (none given, or a module torchstitch did not return itself)."""
+    tag = _tag_of(module)
+    return None if tag is None else tag.cache_dir
 
 
 def plan_of(module: Any) -> Plan | None:
@@ -61,8 +71,11 @@ def plan_of(module: Any) -> Plan | None:
     ``None`` for a module torchstitch did not compile, and for a copy, a re-scripted
     or a re-loaded module (``ts.load(path).plan`` has the saved plan).
     """
+    tag = _tag_of(module)
+    return None if tag is None else tag.plan
+
+
+def _tag_of(module: Any) -> _PlanTag | None:
     state = getattr(module, "__dict__", None)
     tag = None if state is None else state.get(_KEY)
-    if isinstance(tag, _PlanTag) and tag.owner() is module:
-        return tag.plan
-    return None
+    return tag if isinstance(tag, _PlanTag) and tag.owner() is module else None

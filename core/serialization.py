@@ -24,7 +24,7 @@ from .._version import __version__
 from .errors import ArtifactError, StitchError, exception_summary
 from .ir import Plan
 from .plugin_manager import PluginSet
-from .provenance import attach_plan, plan_of
+from .provenance import attach_plan, cache_dir_of, plan_of
 from .strategy import ArtifactFormat  # re-exported: formats were defined here first
 
 __all__ = ["Artifact", "ArtifactFormat", "CompiledWithPlan", "save", "load", "read_zip_member"]
@@ -121,7 +121,8 @@ def save(
     :param format: an artifact format name (``"torchscript"``, or one a plugin
         adds); by default the first format that accepts the compiled root.
     :param options: options of the chosen format (e.g. ``{"inductor_configs": {...}}``
-        for ``"aoti"``).
+        for ``"aoti"``).  A format that takes ``cache_dir`` (``"aoti"``) gets the
+        ``cache_dir`` the model was compiled with unless ``options`` name one.
     :raises ArtifactError: if ``compiled`` is neither a module nor a ``CompileResult``,
         no format can save the compiled root (a root left in Python is not a
         TorchScript module), ``format`` is unknown, the format fails, or ``path``
@@ -160,7 +161,11 @@ def save(
     extra = {META_FILE: json.dumps(meta, sort_keys=True)}
     if plan is not None:
         extra[PLAN_FILE] = plan.to_json()
-    _write(chosen, compiled, os.fspath(path), extra, dict(options or {}))
+    options = dict(options or {})
+    inherited = cache_dir_of(compiled)
+    if chosen.takes_cache_dir and inherited is not None:
+        options.setdefault("cache_dir", inherited)
+    _write(chosen, compiled, os.fspath(path), extra, options)
 
 
 def _module_and_plan(

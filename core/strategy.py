@@ -163,3 +163,7 @@ class ArtifactFormat:
     load: Callable[[str, Any], tuple[Any, dict[str, str]]] = attrs.field(eq=False, repr=False)
     #: one line for ``torchstitch strategies`` and error messages
     description: str = ""
+    #: whether ``save`` takes the option ``cache_dir`` (a compile cache folder, as
+    #: ``ts.compile``'s): where the caller gives none, ``ts.save`` passes the one the model
+    #: was compiled with
+    takes_cache_dir: bool = False

@@ -175,7 +175,8 @@ def package_metadata(module: ExportedModule, extra: dict[str, str]) -> dict[str,
 def _save_aoti(module: ExportedModule, path: str, extra: dict[str, str], options: dict[str, Any]) -> None:
     """``options``: ``inductor_configs`` for ``aoti_compile_and_package`` (the package
     metadata torchstitch records is merged into ``aot_inductor.metadata``); ``cache_dir``:
-    the compile cache (default ``$TORCHSTITCH_CACHE_DIR``, else none), where a package of
+    the compile cache (default: the ``cache_dir`` the model was compiled with, else
+    ``$TORCHSTITCH_CACHE_DIR``, else none), where a package of
     the same architecture is reused with this model's weights (see :mod:`.cache`)."""
     if not path.endswith(".pt2"):
         raise ArtifactError(f"an AOTInductor package must be named *.pt2, got {path!r}", path="")
@@ -294,4 +295,5 @@ AOTI_FORMAT = ArtifactFormat(
     save=_save_aoti,
     load=_load_aoti,
     description="an AOTInductor package (*.pt2, compiled C++; runs in Python and C++); needs an export root",
+    takes_cache_dir=True,
 )

@@ -304,6 +304,15 @@ def test_a_function_s_text_spans_exactly_its_source(tmp_path, monkeypatch, edit,
     assert (text(**edit) != before) is changes
 
 
+def test_a_format_without_a_cache_is_not_given_the_compile_s_cache_dir(tmp_path):
+    model = Net().eval()
+    x = torch.randn(2, 3)
+    compiled = ts.compile(model, example_inputs=(x,), cache_dir=tmp_path / "cache")
+    assert ts.plan_of(compiled).root.outcome.cache.startswith("miss ")
+    ts.save(compiled, tmp_path / "model.pt")  # torchscript takes no options: none are passed
+    torch.testing.assert_close(ts.load(tmp_path / "model.pt")(x), model(x))
+
+
 def test_without_cache_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.chdir(tmp_path)

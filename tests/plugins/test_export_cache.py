@@ -69,9 +69,13 @@ def export_root(model, example, **options):
     return engine.compile(model, example_inputs=example).module
 
 
-def compile_forces(model):
+def compile_forces(model, cache_dir=None):
     return ts.compile(
-        model, rules=whole_model_rules(), strategy_options=FORCES_OPTIONS, example_inputs=(torch.randn(5, 3),)
+        model,
+        rules=whole_model_rules(),
+        strategy_options=FORCES_OPTIONS,
+        example_inputs=(torch.randn(5, 3),),
+        cache_dir=cache_dir,
     )
 
 
@@ -172,26 +176,33 @@ def packages(tmp_path_factory):
             compile_forces(warm_model), folder / "warm.pt2", format="aoti", options={"cache_dir": cache_dir}
         )
         assert len(builds) == 1, "the second save compiled again"
-    return cold_model, warm_model, folder
+        # no options: the package cache is the one the model was compiled with
+        inherited = EnergyForces().eval()
+        ts.save(compile_forces(inherited, cache_dir=cache_dir), folder / "inherited.pt2", format="aoti")
+        assert len(builds) == 1, "a save after a compile with cache_dir did not use that cache"
+    return cold_model, warm_model, folder, inherited
 
 
 @pytest.mark.slow
 def test_a_package_from_the_cache_runs_the_new_weights_like_a_cold_one(packages):
-    cold_model, warm_model, folder = packages
+    cold_model, warm_model, folder, inherited_model = packages
     pos = torch.randn(11, 3)
     cold, warm = ts.load(folder / "cold.pt2"), ts.load(folder / "warm.pt2")
     assert isinstance(warm.module, AOTIModule)
     assert warm.plan is not None and warm.plan.root.outcome.n_verified >= 1
     assert_outputs_like(cold, cold_model, pos)
     assert_outputs_like(warm, warm_model, pos)
+    assert_outputs_like(ts.load(folder / "inherited.pt2"), inherited_model, pos)
     assert not torch.allclose(warm(pos)[0], cold(pos)[0])
 
 
 @pytest.mark.slow
 def test_a_corrupt_cached_package_is_rebuilt_with_a_warning(packages, tmp_path, monkeypatch):
-    _, warm_model, folder = packages
+    _, warm_model, folder, _ = packages
     cache = CompileCache(tmp_path / "cache")
     for entry in CompileCache(folder / "cache").entries():
+        if not (entry.folder / PACKAGE_FILE).exists():  # an export node's entry
+            continue
         target = cache.folder(entry.key)
         target.mkdir(parents=True)
         for name in (PACKAGE_FILE, LAYOUT_FILE, "manifest.json"):
@@ -219,7 +230,7 @@ def test_a_corrupt_cached_package_is_rebuilt_with_a_warning(packages, tmp_path, 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="AOTInductor packages are built for this host")
 def test_a_package_from_the_cache_runs_in_cpp(packages, deploy_check, tmp_path):  # noqa: F811
-    _, warm_model, folder = packages
+    _, warm_model, folder, _ = packages
     pos = torch.randn(7, 3)
     outputs, _ = deploy_build.run(deploy_check, "aoti", folder / "warm.pt2", [pos], tmp_path)
     for got, want in zip(outputs, warm_model(pos), strict=True):
