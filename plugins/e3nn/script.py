@@ -9,10 +9,17 @@ scripting the module compiles them all (about 0.26 s), a saved model carries the
 compile-cache hit takes, and a good part of what a libtorch host spends loading a NequIP
 model).
 
+e3nn 0.4 (MACE's) calls the module-level ``_spherical_harmonics``, scripted at import,
+from ``forward``: a shorter function (about 270 lines), but ``torch.jit.load`` of one
+``o3.SphericalHarmonics`` still takes about 0.17 s for it.
+
 For a node the TorchScript family compiles, :func:`specialized_spherical_harmonics`
-gives the engine a shell whose ``sph_func`` is the same function cut to the module's
-``lmax``: the statements before that branch and the branch's own ``return``, the other
-branches' early returns dropped.  The arithmetic is e3nn's, statement for statement, so
+gives the engine a shell that calls the same function cut to the module's ``lmax``: the
+statements before that branch and the branch's own ``return``, the other branches'
+early returns dropped.  e3nn >= 0.5: the shell's ``sph_func`` is the cut function;
+e3nn 0.4: the shell's class is a subclass whose ``forward`` is e3nn's, compiled with the
+cut function in place of the module-level one (TorchScript resolves a method's globals
+through the function's ``__globals__``).  The arithmetic is e3nn's, statement for statement, so
 the results are bit-identical (checked on random inputs before it is used); loading it
 takes about 0.016 s.  The caller's module is not changed.
 """
@@ -24,6 +31,7 @@ import inspect
 import linecache
 import logging
 import sys
+import types
 from typing import Any
 
 import torch
@@ -47,29 +55,46 @@ def specialized_spherical_harmonics(
     :param module: the engine's shell of a node the TorchScript family compiles.
     :param scratch: the compile call's memo (one cut function per ``lmax``).
     """
-    function, lmax = _scripted_spherical_harmonics(module)
+    function, lmax, called_as = _scripted_spherical_harmonics(module)
     if function is None or lmax is None:
         return None
-    key = ("e3nn", "spherical_harmonics", type(module).__module__, lmax)
+    cls = type(module)
+    key = ("e3nn", "spherical_harmonics", cls.__module__, lmax)
     if key not in scratch:
-        scratch[key] = _specialize(type(module).__module__, lmax, function)
+        scratch[key] = _specialize(cls.__module__, lmax, function)
     specialized = scratch[key]
     if specialized is None:
         return None
     shell = make_shell(module)
-    shell.sph_func = specialized
+    if called_as == "attribute":
+        shell.sph_func = specialized
+        return shell
+    class_key = ("e3nn", "spherical_harmonics class", cls, lmax)
+    if class_key not in scratch:
+        scratch[class_key] = _calling(cls, specialized)
+    shell.__class__ = scratch[class_key]  # the engine's shell, never the caller's module
     return shell
 
 
-def _scripted_spherical_harmonics(module: torch.nn.Module) -> tuple[Any, int | None]:
-    """e3nn's scripted function in ``module`` and the ``lmax`` it is called with, if any."""
+def _scripted_spherical_harmonics(module: torch.nn.Module) -> tuple[Any, int | None, str]:
+    """e3nn's scripted function in ``module``, the ``lmax`` it is called with, and how
+    ``forward`` calls it: ``"attribute"`` (``self.sph_func``, e3nn >= 0.5) or ``"global"``
+    (the module-level function, e3nn 0.4); ``(None, None, "")`` for other modules."""
     cls = type(module)
+    none: tuple[Any, int | None, str] = (None, None, "")
     if cls.__name__ != "SphericalHarmonics" or not cls.__module__.startswith("e3nn."):
-        return None, None
-    function = module.__dict__.get("sph_func")
+        return none
     lmax = module.__dict__.get("_lmax")
     if not isinstance(lmax, int):
-        return None, None
+        return none
+    if "sph_func" not in module.__dict__:
+        function = vars(sys.modules[cls.__module__]).get(FUNCTION)
+        forward = getattr(cls.forward, "__code__", None)
+        calls_it = forward is not None and FUNCTION in forward.co_names
+        if isinstance(function, torch.jit.ScriptFunction) and calls_it:
+            return function, lmax, "global"
+        return none
+    function = module.__dict__["sph_func"]
     name: str | None
     if isinstance(function, torch.jit.ScriptFunction):
         name = function.qualified_name.rsplit(".", 1)[-1]
@@ -79,14 +104,28 @@ def _scripted_spherical_harmonics(module: torch.nn.Module) -> tuple[Any, int | N
             if getattr(function, "__module__", None) == cls.__module__
             else None
         )
-    return (function, lmax) if name == FUNCTION else (None, None)
+    return (function, lmax, "attribute") if name == FUNCTION else none
+
+
+def _calling(cls: type[torch.nn.Module], specialized: Any) -> type[torch.nn.Module]:
+    """A subclass of ``cls`` (same name) whose ``forward`` is ``cls``'s, with ``specialized``
+    as the module-level function it calls."""
+    forward = cls.forward
+    scope = {**forward.__globals__, FUNCTION: specialized}
+    rebound = types.FunctionType(
+        forward.__code__, scope, forward.__name__, forward.__defaults__, forward.__closure__
+    )
+    rebound.__qualname__ = forward.__qualname__
+    rebound.__annotations__ = dict(forward.__annotations__)
+    namespace = {"forward": rebound, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+    return type(cls.__name__, (cls,), namespace)
 
 
 def _specialize(module_name: str, lmax: int, original: Any) -> Any:
     """e3nn's function cut to ``lmax`` and scripted, if it gives the original's results."""
     try:
         namespace = vars(sys.modules[module_name])
-        source = _cut_source(_source_from_definition(namespace[FUNCTION]), lmax)
+        source = _cut_source(_source_from_definition(namespace[FUNCTION], module_name), lmax)
         if source is None:
             return None
         filename = f"<torchstitch: e3nn spherical harmonics, lmax={lmax}>"
@@ -105,11 +144,18 @@ def _specialize(module_name: str, lmax: int, original: Any) -> Any:
     return specialized
 
 
-def _source_from_definition(function: Any) -> str:
+def _source_from_definition(function: Any, module_name: str) -> str:
     """The source file from ``function``'s definition on: only the part up to the branch
-    is parsed, and ``inspect.getsource`` would tokenize the whole function (half the cost)."""
-    code = inspect.unwrap(function).__code__
-    return "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1 :])
+    is parsed, and ``inspect.getsource`` would tokenize the whole function (half the cost).
+    A function scripted at import (e3nn 0.4) keeps no Python code: its ``def`` line is
+    looked up in its module's file."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    if code is not None:
+        return "".join(linecache.getlines(code.co_filename)[code.co_firstlineno - 1 :])
+    filename = inspect.getsourcefile(sys.modules[module_name])
+    lines = linecache.getlines(filename) if filename else []
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"def {FUNCTION}("))
+    return "".join(lines[start:])
 
 
 def _cut_source(source: str, lmax: int) -> str | None:

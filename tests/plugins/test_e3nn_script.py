@@ -74,3 +74,68 @@ def test_a_module_with_a_foreign_sph_func_is_scripted_as_it_is():
     x = torch.randn(5, 3)
     assert torch.equal(compiled(x), module(x))
     assert "_spherical_harmonics_lmax" not in saved_code(compiled)
+
+
+#: e3nn 0.4's layout (MACE's e3nn): ``forward`` calls the module-level function, scripted at
+#: import; the function is e3nn's own (its source is copied in below)
+E3NN_04_MODULE = """
+import math
+
+import torch
+from e3nn.util.jit import compile_mode
+
+
+@torch.jit.script
+{function}
+
+@compile_mode("script")
+class SphericalHarmonics(torch.nn.Module):
+    _lmax: int
+
+    def __init__(self, lmax: int):
+        super().__init__()
+        self._lmax = lmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(x, dim=-1)
+        return _spherical_harmonics(self._lmax, x[..., 0], x[..., 1], x[..., 2])
+"""
+
+
+@pytest.fixture
+def e3nn_04(tmp_path, monkeypatch):
+    """A module laid out as e3nn 0.4's ``o3/_spherical_harmonics.py``, under ``e3nn.``."""
+    import importlib.util
+    import inspect
+    import sys
+
+    from e3nn.o3 import _spherical_harmonics as current
+
+    name = "e3nn.torchstitch_test_spherical_harmonics_04"
+    path = tmp_path / "spherical_harmonics_04.py"
+    path.write_text(E3NN_04_MODULE.format(function=inspect.getsource(current._spherical_harmonics)))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("lmax", [1, 2])
+def test_e3nn_04s_module_level_function_is_cut_too(e3nn_04, lmax):
+    module = e3nn_04.SphericalHarmonics(lmax)
+    x = torch.randn(11, 3, generator=torch.Generator().manual_seed(lmax))
+
+    ours = jit.compile(module, in_place=False)
+    theirs = e3nn.util.jit.compile(copy.deepcopy(module))
+
+    assert torch.equal(ours(x), theirs(x)) and torch.equal(ours(x), module(x))
+    assert ours.original_name == "SphericalHarmonics"
+    code, e3nns = saved_code(ours), saved_code(theirs)
+    assert f"_spherical_harmonics_lmax{lmax}" in code and "_spherical_harmonics_lmax" not in e3nns
+    assert 10 * len(code) < len(e3nns)
+    assert type(module) is e3nn_04.SphericalHarmonics  # the caller's module is not changed
+    buffer = io.BytesIO()
+    torch.jit.save(ours, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.jit.load(buffer)(x), module(x))
