@@ -7,6 +7,7 @@ the node path torchstitch names and the first line of its message.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import statistics
@@ -100,12 +101,30 @@ def _warm_outputs(subject: Subject, module: Any, n: int) -> tuple[Outputs, Outpu
     return first, warm
 
 
+def _load_seconds(compiled: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds of ``torch.jit.load`` of each saved model (what a libtorch host pays per
+    load): median of :data:`COMPILE_REPEATS`, interleaved."""
+    saved = {}
+    for name, module in compiled.items():
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        saved[name] = buffer.getvalue()
+    times: dict[str, list[float]] = {name: [] for name in saved}
+    for _ in range(COMPILE_REPEATS):
+        for name, data in saved.items():
+            start = time.process_time()
+            torch.jit.load(io.BytesIO(data))
+            times[name].append(time.process_time() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def torchscript_drop_in(subject: Subject, call: str = "compile") -> list[Row]:
     """``torchstitch.plugins.e3nn.jit.<call>`` against ``e3nn.util.jit.<call>`` on deep copies.
 
     Bit-identical outputs, on the first call and once warm, at the two compile-time sizes
     (the status is ``ok`` when the warm outputs are identical); compile seconds of each
-    (median of :data:`COMPILE_REPEATS`, interleaved).
+    (median of :data:`COMPILE_REPEATS`, interleaved), and CPU seconds of ``torch.jit.load``
+    of each saved model (:func:`_load_seconds`).
     """
     row: Row = {"call": call}
     try:
@@ -119,6 +138,8 @@ def torchscript_drop_in(subject: Subject, call: str = "compile") -> list[Row]:
         return [{**row, "status": "failed", **describe_error(exc)}]
     row.update(e3nn_s=seconds["e3nn"], torchstitch_s=seconds["torchstitch"])
     row["ratio"] = seconds["torchstitch"] / seconds["e3nn"]
+    loads = _load_seconds(compiled)
+    row.update(e3nn_load_s=loads["e3nn"], torchstitch_load_s=loads["torchstitch"])
     first_same, warm_same, e3nn_stable, diffs, vs_eager = True, True, True, [], []
     for n in SIZES[:2]:
         e3nn_first, e3nn_warm = _warm_outputs(subject, compiled["e3nn"], n)

@@ -73,6 +73,8 @@ TORCHSCRIPT: Columns = [
     ("e3nn s", "e3nn_s", fixed(3)),
     ("torchstitch s", "torchstitch_s", fixed(3)),
     ("ratio", "ratio", fixed(2, "x")),
+    ("e3nn load s", "e3nn_load_s", fixed(3)),
+    ("torchstitch load s", "torchstitch_load_s", fixed(3)),
     ("identical, first call", "identical_first", text),
     ("identical, warm", "identical_warm", text),
     ("e3nn's own first = warm", "e3nn_stable", text),
@@ -174,6 +176,8 @@ def _drop_in_summary(rows: list[Row]) -> str:
         if row.get("identical_warm") and not row.get("identical_first"):
             same += " once warm"
         ratio = f", {row['ratio']:.2f}x e3nn's compile time" if row.get("ratio") is not None else ""
+        if row.get("e3nn_load_s") and row.get("torchstitch_load_s") is not None:
+            ratio += f", loads in {row['torchstitch_load_s'] / row['e3nn_load_s']:.2f}x e3nn's time"
         parts.append(f"{name}: {same}{ratio}")
     return "; ".join(parts) or "-"
 
@@ -354,7 +358,9 @@ def render(
         "## TorchScript drop-in",
         "",
         "`torchstitch.plugins.e3nn.jit.<call>` against `e3nn.util.jit.<call>` on deep copies of the",
-        "model: compile seconds (median of 3, interleaved), and whether the outputs are bit-identical",
+        "model: compile seconds (median of 3, interleaved), CPU seconds of `torch.jit.load` of each",
+        "saved model (median of 3, interleaved: what a libtorch host pays per load), and whether the",
+        "outputs are bit-identical",
         "on the first call and after 3 more, at 6 and 9 atoms.  TorchScript's profiling executor",
         "optimizes a graph after its first runs, which can change the last bits: `e3nn's own first",
         "= warm` says whether e3nn's model does that.  e3nn's model is called first, so where it",
