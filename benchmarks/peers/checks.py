@@ -101,9 +101,12 @@ def _warm_outputs(subject: Subject, module: Any, n: int) -> tuple[Outputs, Outpu
     return first, warm
 
 
-def _load_seconds(compiled: dict[str, Any]) -> dict[str, float]:
+def _load_seconds(compiled: dict[str, Any]) -> dict[str, float | None]:
     """CPU seconds of ``torch.jit.load`` of each saved model (what a libtorch host pays per
-    load): median of :data:`COMPILE_REPEATS`, interleaved."""
+    load): median of :data:`COMPILE_REPEATS`, interleaved; ``None`` each where a root is not
+    a ``ScriptModule`` (NequIP's ``GraphModel`` stays in Python: nothing to save whole)."""
+    if not all(isinstance(module, torch.jit.ScriptModule) for module in compiled.values()):
+        return {name: None for name in compiled}
     saved = {}
     for name, module in compiled.items():
         buffer = io.BytesIO()
