@@ -185,8 +185,10 @@ class Engine:
                         raise
         plan = run.annotated_plan()
         if compiled is not module:  # never tag the caller's own module
+            # absolute: a later ts.save from another working folder finds the same cache
             cache_dir = self.options.cache_dir
-            attach_plan(compiled, plan, cache_dir=None if cache_dir is None else os.fspath(cache_dir))
+            where = None if cache_dir is None else os.path.abspath(os.path.expanduser(cache_dir))
+            attach_plan(compiled, plan, cache_dir=where)
         reporting.warn_fallbacks(run.outcomes)
         reporting.warn_if_nothing_compiles(plan, plugin_set)
         reporting.warn_training_mode(run.fixed_in_training, plugin_set.strategies)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,6 +312,18 @@ def test_a_format_without_a_cache_is_not_given_the_compile_s_cache_dir(tmp_path)
     assert ts.plan_of(compiled).root.outcome.cache.startswith("miss ")
     ts.save(compiled, tmp_path / "model.pt")  # torchscript takes no options: none are passed
     torch.testing.assert_close(ts.load(tmp_path / "model.pt")(x), model(x))
+
+
+def test_the_compiled_model_remembers_its_cache_dir_as_an_absolute_path(tmp_path, monkeypatch):
+    from torchstitch.core.provenance import cache_dir_of
+
+    monkeypatch.chdir(tmp_path)
+    compiled = ts.compile(Net().eval(), example_inputs=(torch.randn(2, 3),), cache_dir="cache")
+    monkeypatch.chdir(tmp_path.parent)  # a later ts.save from elsewhere finds the same folder
+    remembered = cache_dir_of(compiled)
+    assert os.path.isabs(remembered)
+    assert Path(remembered).resolve() == (tmp_path / "cache").resolve()
+    assert cache_dir_of(ts.compile(Net().eval(), example_inputs=(torch.randn(2, 3),))) is None
 
 
 def test_without_cache_dir_nothing_is_written(tmp_path, monkeypatch):
